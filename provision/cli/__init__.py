@@ -1,0 +1,185 @@
+"""The `provision` command line: the only place that prints or exits.
+
+Exit codes: 0 all hosts ok; 2 usage or inventory error; 3 some host failed; 4 some host
+unreachable (and none failed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from provision import __version__
+from provision.cli.output import emit, host_output, recap, task_line
+from provision.connection import SUDO_PASSWORD_ENV, ConnectOptions
+from provision.errors import InventoryError, ProvisionError
+from provision.inventory import Inventory, load_inventory
+from provision.plan import EXIT_USAGE, HostResult, Status, TaskResult, exit_code
+from provision.runner import HostSession, run_on_hosts
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    emit(click.style("error: ", fg="red", bold=True) + message, err=True)
+    raise SystemExit(code)
+
+
+def retry_path(inventory: Inventory) -> Path:
+    return inventory.path.with_name(inventory.path.name + ".retry")
+
+
+def resolve_limit(limit: str | None) -> str | None:
+    """`--limit @file` reads the host names a previous run wrote to its retry file."""
+    if limit and limit.startswith("@"):
+        path = Path(limit[1:])
+        try:
+            return ",".join(path.read_text().split())
+        except OSError as exc:
+            fail(f"--limit {limit}: cannot read retry file: {exc.strerror}")
+    return limit
+
+
+def open_inventory(path: str, limit: str | None, known=None):
+    try:
+        inventory = load_inventory(path, known)
+        return inventory, inventory.select(resolve_limit(limit))
+    except InventoryError as exc:
+        fail(f"{len(exc.problems)} problem(s) in the inventory:\n  " + "\n  ".join(exc.problems))
+
+
+def connect_options(ssh: dict, hosts) -> ConnectOptions:
+    password = os.environ.get(SUDO_PASSWORD_ENV)
+    if ssh["ask_become_pass"] and password is None:
+        password = click.prompt("sudo password", hide_input=True, err=True)
+    known = Path(ssh["known_hosts"]).expanduser() if ssh["known_hosts"] else \
+        ConnectOptions.known_hosts
+    return ConnectOptions(known_hosts=known, host_key_policy=ssh["host_key_policy"],
+                          connect_timeout=ssh["connect_timeout"], sudo_password=password)
+
+
+def ssh_options(command):
+    """Options every command that connects to hosts shares."""
+    options = [
+        click.option("--limit", "-l", help="Hosts or groups (comma-separated), or @RETRY-FILE."),
+        click.option("--forks", "-f", default=16, show_default=True, type=click.IntRange(1),
+                     help="Hosts worked on at once."),
+        click.option("--host-key-policy", type=click.Choice(["accept-new", "strict"]),
+                     default="accept-new", show_default=True,
+                     help="accept-new records unknown host keys; strict refuses them. "
+                          "A changed key is always refused."),
+        click.option("--known-hosts", type=click.Path(dir_okay=False),
+                     help="known_hosts file [default: ~/.ssh/known_hosts, or the inventory's "
+                          "ssh_known_hosts]"),
+        click.option("--connect-timeout", default=10.0, show_default=True, type=float,
+                     help="Seconds to wait for each SSH connection."),
+        click.option("--ask-become-pass", "-K", is_flag=True,
+                     help=f"Prompt for the sudo password (or set {SUDO_PASSWORD_ENV})."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def ssh_settings(kwargs: dict) -> dict:
+    return {k: kwargs.pop(k) for k in ("host_key_policy", "known_hosts", "connect_timeout",
+                                       "ask_become_pass")}
+
+
+def finish(inventory: Inventory, results: list[HostResult], as_json: bool) -> None:
+    """Recap (or JSON report), retry file, exit code."""
+    if as_json:
+        click.echo(json.dumps({"hosts": [r.as_dict() for r in results],
+                               "exit_code": exit_code(results)}, indent=2))
+    else:
+        recap(results)
+    failed = [r.host for r in results if r.status in (Status.FAILED, Status.UNREACHABLE)]
+    retry = retry_path(inventory)
+    try:
+        if failed:
+            retry.write_text("\n".join(failed) + "\n")
+            if not as_json:
+                emit(f"retry the {len(failed)} failed host(s) with: --limit @{retry}")
+        else:
+            retry.unlink(missing_ok=True)
+    except OSError as exc:
+        emit(f"warning: cannot write retry file {retry}: {exc.strerror}", err=True)
+    raise SystemExit(exit_code(results))
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="provision")
+def main() -> None:
+    """Provision bare-metal GPU servers over SSH and run distributed PyTorch on them."""
+
+
+@main.command("inventory")
+@click.argument("inventory", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (like ansible-inventory --list).")
+@click.option("--limit", "-l", help="Hosts or groups (comma-separated), or @RETRY-FILE.")
+def inventory_cmd(inventory: str, as_json: bool, limit: str | None) -> None:
+    """Show the resolved hosts, groups and variables of an inventory."""
+    from provision.setup import known_settings
+    inv, hosts = open_inventory(inventory, limit, known_settings())
+    if as_json:
+        click.echo(json.dumps({
+            "hosts": {h.name: {"address": h.address, "port": h.port, "user": h.user,
+                               "groups": list(h.groups), "vars": h.vars} for h in hosts},
+            "groups": {g.name: {"hosts": g.hosts, "children": g.children, "vars": g.vars}
+                       for g in inv.groups.values()}}, indent=2, default=str))
+        return
+    for group in inv.groups.values():
+        click.echo(f"@{group.name}: {', '.join(group.hosts) or '(no hosts)'}")
+    for host in hosts:
+        click.echo(f"{host.name} ({host.user or '-'}@{host.address}:{host.port})")
+        for key, value in sorted(host.vars.items()):
+            click.echo(f"    {key} = {value!r}")
+
+
+@main.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("inventory", type=click.Path())
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@ssh_options
+@click.option("--sudo", is_flag=True, help="Run the command with sudo.")
+@click.option("--timeout", type=float, help="Seconds the command may run on each host.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of a recap.")
+def exec_cmd(inventory: str, command: tuple[str, ...], limit, forks, sudo, timeout, as_json,
+             **kwargs) -> None:
+    """Run an ad-hoc command on every host in parallel (one argument: a sh script)."""
+    ssh = ssh_settings(kwargs)
+    inv, hosts = open_inventory(inventory, limit)
+    options = connect_options(ssh, hosts)
+    run = command[0] if len(command) == 1 else list(command)
+    width = max((len(h.name) for h in hosts), default=0)
+
+    def work(session: HostSession, results: list[TaskResult]) -> None:
+        host = session.connection.host
+        result = session.connection.run(run, sudo=sudo or host.become, timeout=timeout,
+                                        on_line=None if as_json else host_output(host.name, width))
+        session.round_trips += 1
+        status = Status.OK if result.ok else Status.FAILED
+        results.append(TaskResult(host.name, "exec", "command", status,
+                                  "exit code 0" if result.ok else result.describe_failure(1),
+                                  output=result.stdout + result.stderr))
+
+    try:
+        results = run_on_hosts(hosts, options, forks, work)
+    except ProvisionError as exc:
+        fail(str(exc))
+    if not as_json:
+        for r in results:
+            for t in r.tasks:
+                if t.status is Status.FAILED:
+                    emit(f"{click.style('FAILED', fg='red')} {t.host}: {t.message}")
+    finish(inv, results, as_json)
+
+
+def _register() -> None:
+    from provision.cli.lab_cmd import lab
+    main.add_command(lab)
+
+
+_register()

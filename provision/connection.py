@@ -1,0 +1,303 @@
+"""One SSH connection per host (Fabric/paramiko): host keys, sudo, timeouts, CommandResult.
+
+Commands are argv lists (quoted with shlex.join) or POSIX sh scripts (run as `sh -c SCRIPT`, so
+the remote login shell never parses them). Every command is one exec channel on the one
+connection; callers batch work into few commands because each channel costs a remote shell.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import shlex
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import fabric
+import paramiko
+
+from provision.errors import HostKeyMismatch, HostUnreachable
+from provision.inventory import Host
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_COMMAND_TIMEOUT = 1800.0
+SUDO_PASSWORD_ENV = "PROVISION_SUDO_PASSWORD"
+
+
+@dataclass(frozen=True)
+class ConnectOptions:
+    known_hosts: Path = Path("~/.ssh/known_hosts").expanduser()
+    host_key_policy: str = "accept-new"      # or "strict": unknown keys are refused too
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    command_timeout: float = DEFAULT_COMMAND_TIMEOUT
+    sudo_password: str | None = None
+
+    def for_host(self, host: Host) -> "ConnectOptions":
+        """Per-host overrides from inventory vars."""
+        v = host.vars
+        return ConnectOptions(
+            known_hosts=Path(v["ssh_known_hosts"]).expanduser() if "ssh_known_hosts" in v
+            else self.known_hosts,
+            host_key_policy=self.host_key_policy,
+            connect_timeout=float(v.get("ssh_connect_timeout", self.connect_timeout)),
+            command_timeout=float(v.get("command_timeout", self.command_timeout)),
+            sudo_password=self.sudo_password)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    def describe_failure(self, lines: int = 5) -> str:
+        if self.timed_out:
+            return "timed out"
+        tail = (self.stderr.strip() or self.stdout.strip()).splitlines()[-lines:]
+        return f"exit code {self.exit_code}" + (": " + " | ".join(tail) if tail else "")
+
+
+def known_host_name(address: str, port: int) -> str:
+    return address if port == 22 else f"[{address}]:{port}"
+
+
+class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
+    """Records unknown host keys (or refuses them when strict); appends under a file lock so
+    many hosts connecting in parallel, even from several processes, never lose a line."""
+
+    def __init__(self, path: Path, strict: bool):
+        self.path = path
+        self.strict = strict
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
+                         key: paramiko.PKey) -> None:
+        if self.strict:
+            raise HostKeyMismatch(
+                f"{hostname}: host key {key.get_name()} {key.fingerprint} is not in "
+                f"{self.path} and --host-key-policy is strict; verify it and add it "
+                f"(ssh-keyscan) or use --host-key-policy accept-new")
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.path, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            handle.seek(0)
+            recorded = paramiko.HostKeys()
+            for line in handle.read().splitlines():
+                entry = paramiko.hostkeys.HostKeyEntry.from_line(line)
+                if entry is not None:
+                    for name in entry.hostnames:
+                        recorded.add(name, entry.key.get_name(), entry.key)
+            known = recorded.lookup(hostname) or {}
+            old = known.get(key.get_name())
+            if old is not None and old != key:
+                raise _changed_key(hostname, old, key, self.path)
+            if old is None:
+                handle.seek(0, os.SEEK_END)
+                handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def _changed_key(hostname: str, old: paramiko.PKey, new: paramiko.PKey,
+                 path: Path) -> HostKeyMismatch:
+    return HostKeyMismatch(
+        f"{hostname}: HOST KEY CHANGED, refusing to connect. Recorded {old.get_name()} "
+        f"{old.fingerprint}, offered {new.get_name()} {new.fingerprint}. If the host was "
+        f"reinstalled, remove the old key with: ssh-keygen -f {shlex.quote(str(path))} "
+        f"-R {shlex.quote(hostname)}")
+
+
+def as_command(command: str | list[str]) -> str:
+    """The exec string: argv lists are quoted; scripts run under POSIX sh."""
+    if isinstance(command, list):
+        return shlex.join(command)
+    return shlex.join(["sh", "-c", command])
+
+
+class HostConnection:
+    """A lazily opened SSH connection to one host, reused for every command of a run."""
+
+    def __init__(self, host: Host, options: ConnectOptions):
+        self.host = host
+        self.options = options.for_host(host)
+        self._conn: fabric.Connection | None = None
+        self._lock = threading.Lock()
+        self._sudo_mode: str | None = None  # "root", "nopasswd" or "password"
+
+    # -- connecting -------------------------------------------------------------------------
+    def open(self) -> paramiko.Transport:
+        with self._lock:
+            if self._conn is not None and self._conn.is_connected:
+                return self._conn.transport
+            h = self.host
+            kwargs: dict = {}
+            if h.key_file:
+                kwargs["key_filename"] = os.path.expanduser(h.key_file)
+            conn = fabric.Connection(
+                host=h.address, user=h.user, port=h.port if "port" in h.vars else None,
+                connect_timeout=self.options.connect_timeout, connect_kwargs=kwargs)
+            client = conn.client
+            known = self.options.known_hosts
+            if known.exists():
+                try:
+                    client.load_host_keys(str(known))
+                except (OSError, paramiko.SSHException) as exc:
+                    raise HostUnreachable(f"{h.name}: cannot read {known}: {exc}") from None
+            client._host_keys_filename = None  # never let paramiko rewrite the whole file
+            client.set_missing_host_key_policy(
+                _TrustOnFirstUse(known, self.options.host_key_policy == "strict"))
+            try:
+                conn.open()
+            except paramiko.BadHostKeyException as exc:
+                raise _changed_key(known_host_name(conn.host, conn.port), exc.expected_key,
+                                   exc.key, known) from None
+            except HostKeyMismatch:
+                raise
+            except paramiko.AuthenticationException as exc:
+                raise HostUnreachable(
+                    f"{h.name}: SSH authentication failed for user "
+                    f"{conn.user!r} at {conn.host}:{conn.port}: {exc}") from None
+            except paramiko.ssh_exception.NoValidConnectionsError as exc:
+                reasons = {os.strerror(e.errno) if e.errno else str(e)
+                           for e in exc.errors.values()}
+                raise HostUnreachable(f"{h.name}: cannot connect to {conn.host}:{conn.port}: "
+                                      f"{'; '.join(sorted(reasons))}") from None
+            except (OSError, socket.timeout, paramiko.SSHException, EOFError) as exc:
+                reason = str(exc) or type(exc).__name__
+                raise HostUnreachable(
+                    f"{h.name}: cannot connect to {conn.host}:{conn.port}: {reason}") from None
+            conn.transport.set_keepalive(15)
+            self._conn = conn
+            return conn.transport
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # -- running ----------------------------------------------------------------------------
+    def start(self, command: str | list[str], *, sudo: bool = False,
+              stdin: bytes | None = None) -> "RemoteProcess":
+        """Start a command; the caller reads it with RemoteProcess.wait."""
+        exec_line = as_command(command)
+        if sudo:
+            exec_line, stdin = self._with_sudo(exec_line, stdin)
+        transport = self.open()
+        try:
+            channel = transport.open_session(timeout=self.options.connect_timeout)
+            channel.exec_command(exec_line)
+            if stdin:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self.close()
+            raise HostUnreachable(f"{self.host.name}: connection lost: {exc or 'closed'}") \
+                from None
+        return RemoteProcess(self.host.name, exec_line if not sudo else as_command(command),
+                             channel)
+
+    def run(self, command: str | list[str], *, sudo: bool = False, stdin: bytes | None = None,
+            timeout: float | None = None,
+            on_line: Callable[[str, str], None] | None = None) -> CommandResult:
+        process = self.start(command, sudo=sudo, stdin=stdin)
+        return process.wait(timeout or self.options.command_timeout, on_line)
+
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a file over SFTP (as the SSH user)."""
+        self.open()
+        try:
+            with self._conn.sftp() as sftp:
+                sftp.put(str(local), remote)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise HostUnreachable(f"{self.host.name}: copying {local} to {remote} failed: "
+                                  f"{exc}") from None
+
+    def _with_sudo(self, exec_line: str, stdin: bytes | None) -> tuple[str, bytes | None]:
+        if self._sudo_mode is None:
+            probe = self.run("[ \"$(id -u)\" = 0 ] && echo root || "
+                             "(sudo -n true 2>/dev/null && echo nopasswd || echo password)")
+            self._sudo_mode = probe.stdout.strip() or "password"
+        if self._sudo_mode == "root":
+            return exec_line, stdin
+        if self._sudo_mode == "nopasswd":
+            return shlex.join(["sudo", "-n", "--", "sh", "-c", exec_line]), stdin
+        if self.options.sudo_password is None:
+            raise HostUnreachable(
+                f"{self.host.name}: sudo needs a password for user {self.host.user!r}: set "
+                f"{SUDO_PASSWORD_ENV} or pass --ask-become-pass")
+        # -k: never reuse a cached ticket, so sudo always reads exactly one password line
+        # from stdin and the rest of stdin reaches the command untouched.
+        line = shlex.join(["sudo", "-k", "-S", "-p", "", "--", "sh", "-c", exec_line])
+        return line, self.options.sudo_password.encode() + b"\n" + (stdin or b"")
+
+
+class RemoteProcess:
+    """A running remote command: collects (or streams) its output until it exits."""
+
+    def __init__(self, host: str, command: str, channel: paramiko.Channel):
+        self.host = host
+        self.command = command
+        self.channel = channel
+
+    def wait(self, timeout: float,
+             on_line: Callable[[str, str], None] | None = None) -> CommandResult:
+        out, err = bytearray(), bytearray()
+        pending = {"stdout": bytearray(), "stderr": bytearray()}
+        deadline = time.monotonic() + timeout
+        chan = self.channel
+
+        def feed(stream: str, data: bytes, sink: bytearray) -> None:
+            sink += data
+            if on_line is None:
+                return
+            buffer = pending[stream]
+            buffer += data
+            *lines, rest = buffer.split(b"\n")
+            for line in lines:
+                on_line(stream, line.decode(errors="replace"))
+            pending[stream] = bytearray(rest)
+
+        while True:
+            while chan.recv_ready():
+                feed("stdout", chan.recv(65536), out)
+            while chan.recv_stderr_ready():
+                feed("stderr", chan.recv_stderr(65536), err)
+            if chan.exit_status_ready() and not chan.recv_ready() \
+                    and not chan.recv_stderr_ready():
+                break
+            transport = chan.get_transport()
+            if transport is None or not transport.is_active():
+                raise HostUnreachable(f"{self.host}: connection lost while running a command")
+            if chan.closed:
+                # Closed without an exit status: the remote command died of a signal.
+                return CommandResult(self.command, 255, out.decode(errors="replace"),
+                                     err.decode(errors="replace"))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                chan.close()
+                return CommandResult(self.command, 124, out.decode(errors="replace"),
+                                     err.decode(errors="replace"), timed_out=True)
+            select.select([chan], [], [], min(left, 5.0))
+        if on_line:
+            for stream, rest in pending.items():
+                if rest:
+                    on_line(stream, rest.decode(errors="replace"))
+        code = chan.recv_exit_status()
+        chan.close()
+        if code == -1:
+            code = 255  # paramiko's "no exit status": the command was killed by a signal
+        return CommandResult(self.command, code, out.decode(errors="replace"),
+                             err.decode(errors="replace"))
+
+    def close(self) -> None:
+        self.channel.close()

@@ -1,0 +1,94 @@
+"""Facts about the operating system: distribution, architecture, package manager, services."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from provision.facts.base import Fact
+
+
+@dataclass(frozen=True)
+class OsInfo:
+    id: str                    # os-release ID: debian, ubuntu, rhel, rocky, almalinux, ...
+    id_like: tuple[str, ...]
+    version: str
+    arch: str
+    package_manager: str | None  # apt, dnf or yum
+    systemd: bool
+
+    @property
+    def family(self) -> str:
+        ids = {self.id, *self.id_like}
+        if ids & {"debian", "ubuntu"}:
+            return "debian"
+        if ids & {"rhel", "fedora", "centos", "rocky", "almalinux"}:
+            return "redhat"
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class Os(Fact):
+    def command(self) -> str:
+        return ("cat /etc/os-release; echo ARCH=$(uname -m); "
+                "for pm in apt-get dnf yum; do command -v $pm >/dev/null && echo PM=$pm && break; "
+                "done; [ -d /run/systemd/system ] && echo SYSTEMD=1; true")
+
+    def parse(self, stdout: str, rc: int) -> OsInfo:
+        values: dict[str, str] = {}
+        for line in stdout.splitlines():
+            key, sep, value = line.partition("=")
+            if sep:
+                values[key] = value.strip().strip('"')
+        pm = values.get("PM")
+        return OsInfo(id=values.get("ID", "unknown"), id_like=tuple(values.get("ID_LIKE", "").split()),
+                      version=values.get("VERSION_ID", ""), arch=values.get("ARCH", "unknown"),
+                      package_manager={"apt-get": "apt"}.get(pm, pm) if pm else None,
+                      systemd=values.get("SYSTEMD") == "1")
+
+
+@dataclass(frozen=True)
+class InstalledPackages(Fact):
+    """Which of `names` are installed, by dpkg or rpm, whichever the host has."""
+
+    names: tuple[str, ...]
+
+    def command(self) -> str:
+        names = shlex.join(self.names)
+        return (f"if command -v dpkg-query >/dev/null; then "
+                f"dpkg-query -W -f='${{Package}} ${{db:Status-Status}}\\n' {names} 2>/dev/null; "
+                f"else rpm -q --qf '%{{NAME}} installed\\n' {names} 2>/dev/null | grep ' installed$'; "
+                f"fi; true")
+
+    def parse(self, stdout: str, rc: int) -> frozenset[str]:
+        return frozenset(line.split()[0] for line in stdout.splitlines()
+                         if line.split()[1:] == ["installed"])
+
+
+@dataclass(frozen=True)
+class ServiceState(Fact):
+    """(enabled, active) of a systemd unit."""
+
+    unit: str
+
+    def command(self) -> str:
+        unit = shlex.quote(self.unit)
+        return f"echo $(systemctl is-enabled {unit} 2>/dev/null) $(systemctl is-active {unit} 2>/dev/null)"
+
+    def parse(self, stdout: str, rc: int) -> tuple[bool, bool]:
+        words = stdout.split()
+        return ("enabled" in words, "active" in words)
+
+
+@dataclass(frozen=True)
+class CommandsPresent(Fact):
+    """The subset of `names` found on the PATH."""
+
+    names: tuple[str, ...]
+
+    def command(self) -> str:
+        return "; ".join(f"command -v {shlex.quote(n)} >/dev/null && echo {shlex.quote(n)}"
+                         for n in self.names) + "; true"
+
+    def parse(self, stdout: str, rc: int) -> frozenset[str]:
+        return frozenset(stdout.split())

@@ -1,0 +1,307 @@
+"""Host, Group, Inventory and load_inventory(path): the Ansible YAML inventory shape, validated.
+
+Every problem is collected with its file:line and reported at once (InventoryError), so a user
+fixes an inventory in one pass instead of one error per run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import paramiko
+import yaml
+
+from provision.errors import InventoryError
+from provision.settings import ALIASES, CORE_SETTINGS, NAME_RE, Setting, check_value, suggest
+
+GROUP_KEYS = ("hosts", "vars", "children")
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    address: str
+    port: int = 22
+    user: str | None = None
+    key_file: str | None = None
+    become: bool = False
+    # Fully merged variables: all.vars <- group vars (outer to inner) <- host vars.
+    vars: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    groups: tuple[str, ...] = ()
+
+
+@dataclass
+class Group:
+    name: str
+    hosts: list[str]          # direct and nested members, inventory order
+    children: list[str]
+    vars: dict[str, Any]
+    depth: int = 0
+
+
+@dataclass
+class Inventory:
+    path: Path
+    hosts: dict[str, Host]    # inventory order (this is the node-rank order for training)
+    groups: dict[str, Group]
+
+    def select(self, limit: str | None) -> list[Host]:
+        """Hosts matching a comma-separated list of host and group names, in inventory order."""
+        if not limit:
+            return list(self.hosts.values())
+        wanted: set[str] = set()
+        problems = []
+        for term in (t.strip() for t in limit.split(",")):
+            if not term:
+                continue
+            if term in self.hosts:
+                wanted.add(term)
+            elif term in self.groups:
+                if not self.groups[term].hosts:
+                    problems.append(f"--limit: group {term!r} has no hosts")
+                wanted.update(self.groups[term].hosts)
+            else:
+                hint = suggest(term, [*self.hosts, *self.groups])
+                problems.append(f"--limit: no host or group named {term!r}"
+                                + (f" (did you mean {hint!r}?)" if hint else ""))
+        if problems:
+            raise InventoryError(problems)
+        return [h for name, h in self.hosts.items() if name in wanted]
+
+
+class _Source:
+    """A composed YAML document plus the problems found while walking it."""
+
+    def __init__(self, path: Path, known: dict[str, Setting]):
+        self.path = path
+        self.known = known
+        self.problems: list[str] = []
+        self.constructor = yaml.SafeLoader("")
+
+    def where(self, node: yaml.Node) -> str:
+        return f"{self.path}:{node.start_mark.line + 1}"
+
+    def problem(self, node: yaml.Node, message: str) -> None:
+        self.problems.append(f"{self.where(node)}: {message}")
+
+    def value(self, node: yaml.Node) -> Any:
+        return self.constructor.construct_object(node, deep=True)
+
+    def items(self, node: yaml.Node, what: str) -> Iterator[tuple[str, yaml.Node, yaml.Node]]:
+        """(key, key node, value node) of a mapping; reports non-mappings and duplicate keys."""
+        if isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null":
+            return
+        if not isinstance(node, yaml.MappingNode):
+            self.problem(node, f"{what} must be a mapping")
+            return
+        seen: dict[str, yaml.Node] = {}
+        for key_node, value_node in node.value:
+            key = self.value(key_node)
+            if not isinstance(key, str):
+                self.problem(key_node, f"{what}: key {key!r} must be a string")
+                continue
+            if key in seen:
+                self.problem(key_node, f"{what}: duplicate key {key!r} "
+                                       f"(first at line {seen[key].start_mark.line + 1})")
+                continue
+            seen[key] = key_node
+            yield key, key_node, value_node
+
+
+class _Builder:
+    def __init__(self, source: _Source):
+        self.src = source
+        self.groups: dict[str, Group] = {}
+        self.host_vars: dict[str, dict[str, Any]] = {}
+        self.host_nodes: dict[str, yaml.Node] = {}
+        self.host_groups: dict[str, list[str]] = {}
+        self.var_lines: dict[tuple[str, str], str] = {}  # (scope, var) -> file:line
+
+    def group(self, name: str, node: yaml.Node, depth: int, parent: Group | None) -> Group:
+        group = self.groups.get(name)
+        if group is None:
+            group = self.groups[name] = Group(name, [], [], {}, depth)
+        group.depth = max(group.depth, depth)
+        for key, key_node, value in self.src.items(node, f"group {name!r}"):
+            if key == "vars":
+                group.vars.update(self.vars(value, f"group:{name}"))
+            elif key == "hosts":
+                for host, host_node, host_value in self.src.items(value, f"{name}.hosts"):
+                    self.host(host, host_node, host_value, name)
+            elif key == "children":
+                for child, child_node, child_value in self.src.items(value, f"{name}.children"):
+                    if not NAME_RE.match(child):
+                        self.src.problem(child_node, f"group name {child!r} is not valid")
+                        continue
+                    if child not in group.children:
+                        group.children.append(child)
+                    self.group(child, child_value, depth + 1, group)
+            else:
+                hint = suggest(key, list(GROUP_KEYS))
+                self.src.problem(key_node, f"group {name!r}: unknown key {key!r}"
+                                 + (f" (did you mean {hint!r}?)" if hint else
+                                    f"; a group has only {', '.join(GROUP_KEYS)}"))
+        return group
+
+    def host(self, name: str, node: yaml.Node, value: yaml.Node, group: str) -> None:
+        if not NAME_RE.match(name):
+            self.src.problem(node, f"host name {name!r} is not valid: use letters, digits, "
+                                   "'.', '_' and '-'")
+            return
+        if name not in self.host_vars:
+            self.host_vars[name] = {}
+            self.host_nodes[name] = node
+            self.host_groups[name] = []
+        if group not in self.host_groups[name]:
+            self.host_groups[name].append(group)
+        new_vars = self.vars(value, f"host:{name}")
+        for key, item in new_vars.items():
+            old = self.host_vars[name].get(key, item)
+            if old != item:
+                self.src.problems.append(
+                    f"{self.var_lines[(f'host:{name}', key)]}: host {name!r} var {key!r} is set "
+                    f"twice with different values ({old!r} and {item!r}); set host vars once")
+        self.host_vars[name].update(new_vars)
+
+    def vars(self, node: yaml.Node, scope: str) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        for key, key_node, value_node in self.src.items(node, f"{scope.split(':', 1)[1]} vars"):
+            name = ALIASES.get(key, key)
+            value = self.src.value(value_node)
+            setting = self.src.known.get(name)
+            if setting is not None:
+                problem = check_value(setting, value)
+                if problem:
+                    self.src.problem(key_node, f"{key}: {problem}")
+                    continue
+            elif not key.startswith("ansible_"):
+                hint = suggest(key, list(self.src.known))
+                if hint:
+                    self.src.problem(key_node, f"unknown setting {key!r} "
+                                               f"(did you mean {hint!r}?)")
+                    continue
+            if name in result:
+                self.src.problem(key_node, f"{key} and its alias both set {name!r}")
+            result[name] = value
+            line = self.src.where(key_node)
+            self.var_lines.setdefault((scope, name), line)
+        return result
+
+    def members(self, name: str, seen: tuple[str, ...] = ()) -> list[str]:
+        if name in seen:
+            raise InventoryError([f"{self.src.path}: group {name!r} contains itself "
+                                  f"({' -> '.join([*seen, name])})"])
+        group = self.groups[name]
+        found = [h for h, groups in self.host_groups.items() if name in groups]
+        for child in group.children:
+            found += [h for h in self.members(child, (*seen, name)) if h not in found]
+        order = list(self.host_vars)
+        return sorted(set(found), key=order.index)
+
+
+def _ancestry(groups: dict[str, Group], host_groups: list[str]) -> list[Group]:
+    """The host's groups and all their ancestors, in Ansible's precedence order (weakest first)."""
+    parents: dict[str, set[str]] = {}
+    for group in groups.values():
+        for child in group.children:
+            parents.setdefault(child, set()).add(group.name)
+    found: set[str] = set()
+    todo = list(host_groups)
+    while todo:
+        name = todo.pop()
+        if name not in found:
+            found.add(name)
+            todo.extend(parents.get(name, ()))
+    found.discard("all")
+    # Ansible: deeper groups win over their parents; siblings at one depth by name.
+    return sorted((groups[g] for g in found), key=lambda g: (g.depth, g.name))
+
+
+def _ssh_config_hostname(name: str) -> str | None:
+    path = Path(os.path.expanduser("~/.ssh/config"))
+    if not path.is_file():
+        return None
+    hostname = paramiko.SSHConfig.from_path(str(path)).lookup(name).get("hostname")
+    return hostname if hostname and hostname != name else None
+
+
+def _looks_like_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return "." in name
+
+
+def load_inventory(path: str | os.PathLike, known: dict[str, Setting] | None = None) -> Inventory:
+    """Load and validate an inventory; raises InventoryError listing every problem found.
+
+    `known` are the settings to type-check (core settings plus role arguments); other vars
+    are kept as they are for templates.
+    """
+    path = Path(path)
+    known = dict(CORE_SETTINGS if known is None else known)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InventoryError([f"{path}: cannot read inventory: {exc.strerror or exc}"]) from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise InventoryError([f"{where}: malformed YAML: {getattr(exc, 'problem', exc)}"]) from None
+    source = _Source(path, known)
+    if root is None:
+        raise InventoryError([f"{path}: inventory is empty; expected 'all:' with 'hosts:'"])
+    builder = _Builder(source)
+    top = list(source.items(root, "inventory"))
+    if source.problems:
+        raise InventoryError(source.problems)
+    all_group = builder.group("all", yaml.MappingNode("tag:yaml.org,2002:map", []), 0, None)
+    for key, key_node, value in top:
+        if not NAME_RE.match(key):
+            source.problem(key_node, f"group name {key!r} is not valid")
+            continue
+        if key != "all" and key not in all_group.children:
+            all_group.children.append(key)  # top-level groups are children of all, as in Ansible
+        builder.group(key, value, 0 if key == "all" else 1, None if key == "all" else all_group)
+
+    hosts: dict[str, Host] = {}
+    for name in builder.host_vars:
+        merged: dict[str, Any] = dict(builder.groups["all"].vars)
+        for group in _ancestry(builder.groups, builder.host_groups[name]):
+            merged.update(group.vars)
+        merged.update(builder.host_vars[name])
+        address = merged.get("address") or _ssh_config_hostname(name)
+        if address is None:
+            if not _looks_like_address(name):
+                source.problem(builder.host_nodes[name],
+                               f"host {name!r} has no address: set ansible_host (or address), "
+                               "or give it a HostName in ~/.ssh/config")
+                continue
+            address = name
+        groups = tuple(g.name for g in _ancestry(builder.groups, builder.host_groups[name]))
+        hosts[name] = Host(
+            name=name, address=address, port=merged.get("port", 22), user=merged.get("user"),
+            key_file=merged.get("ssh_key"), become=merged.get("become", False),
+            vars=merged, groups=("all", *groups))
+    if not builder.host_vars and not source.problems:
+        source.problems.append(f"{path}: no hosts defined; expected 'all:' with 'hosts:'")
+
+    for group in builder.groups.values():
+        group.hosts = builder.members(group.name)
+    endpoints: dict[tuple[str, int], str] = {}
+    for host in hosts.values():
+        other = endpoints.setdefault((host.address, host.port), host.name)
+        if other != host.name:
+            source.problem(builder.host_nodes[host.name],
+                           f"hosts {other!r} and {host.name!r} both point at "
+                           f"{host.address}:{host.port}")
+    if source.problems:
+        raise InventoryError(source.problems)
+    return Inventory(path=path, hosts=hosts, groups=builder.groups)

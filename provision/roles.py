@@ -1,0 +1,172 @@
+"""Roles: roles/<name>/role.yml with typed arguments and ordered tasks, rendered with jinja2.
+
+    description: one line
+    args:                      # typed; defaults <- inventory vars (all <- groups <- host)
+      ntp_max_offset_ms: {type: float, default: 100, min: 0, help: ...}
+    tasks:
+      - name: chrony configuration
+        op: template           # an operation from provision.operations
+        args: {src: chrony.conf.j2, dest: /etc/chrony/chrony.conf}
+        when: ntp_servers      # a jinja2 expression
+        tags: [config]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from provision.errors import RoleError
+from provision.operations import REGISTRY, Operation
+from provision.settings import TYPES, Setting, check_value, suggest
+
+ROLE_KEYS = ("description", "args", "tasks")
+TASK_KEYS = ("name", "op", "args", "when", "tags")
+ARG_KEYS = ("type", "default", "help", "min", "max", "choices", "item", "required")
+ROLES_DIR = Path(__file__).resolve().parent.parent / "roles"
+
+_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    op: Operation
+    args: dict[str, Any]        # unrendered: values may hold jinja2 templates
+    when: str | None
+    tags: tuple[str, ...]
+    where: str                  # file:line, for error messages
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    path: Path
+    description: str
+    args: dict[str, Setting]
+    defaults: dict[str, Any]
+    tasks: tuple[Task, ...]
+
+    def variables(self, host_vars: dict[str, Any]) -> dict[str, Any]:
+        """Template variables: role defaults overridden by the host's inventory vars."""
+        return {**self.defaults, **host_vars}
+
+
+def _check_keys(mapping: dict, allowed: tuple[str, ...], where: str, what: str) -> list[str]:
+    problems = []
+    for key in mapping:
+        if key not in allowed:
+            hint = suggest(str(key), list(allowed))
+            problems.append(f"{where}: {what}: unknown key {key!r}"
+                            + (f" (did you mean {hint!r}?)" if hint else ""))
+    return problems
+
+
+class _LineLoader(yaml.SafeLoader):
+    """Records the line of every mapping so task errors can point at them."""
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> dict:
+    mapping = loader.construct_mapping(node, deep=True)
+    mapping["__line__"] = node.start_mark.line + 1
+    return mapping
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _strip_lines(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _strip_lines(v) for k, v in value.items() if k != "__line__"}
+    if isinstance(value, list):
+        return [_strip_lines(v) for v in value]
+    return value
+
+
+def load_role(name: str, roles_dir: Path = ROLES_DIR) -> Role:
+    path = roles_dir / name / "role.yml"
+    try:
+        data = yaml.load(path.read_text(), Loader=_LineLoader)
+    except FileNotFoundError:
+        known = sorted(p.name for p in roles_dir.iterdir() if (p / "role.yml").is_file()) \
+            if roles_dir.is_dir() else []
+        hint = suggest(name, known)
+        raise RoleError(f"no role {name!r} in {roles_dir}"
+                        + (f" (did you mean {hint!r}?)" if hint else "")) from None
+    except yaml.YAMLError as exc:
+        raise RoleError(f"{path}: malformed YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise RoleError(f"{path}: a role file must be a mapping with {', '.join(ROLE_KEYS)}")
+    problems = _check_keys(data, (*ROLE_KEYS, "__line__"), str(path), "role")
+    args: dict[str, Setting] = {}
+    defaults: dict[str, Any] = {}
+    for arg, spec in (data.get("args") or {}).items():
+        if arg == "__line__":
+            continue
+        where = f"{path}:{spec.get('__line__', '?') if isinstance(spec, dict) else '?'}"
+        if not isinstance(spec, dict) or spec.get("type") not in TYPES:
+            problems.append(f"{where}: argument {arg!r} needs a type, one of {', '.join(TYPES)}")
+            continue
+        problems += _check_keys(spec, (*ARG_KEYS, "__line__"), where, f"argument {arg!r}")
+        choices = spec.get("choices")
+        setting = Setting(arg, spec["type"], spec.get("help", ""), spec.get("min"),
+                          spec.get("max"), tuple(choices) if choices else None, spec.get("item"))
+        args[arg] = setting
+        if "default" in spec:
+            default = _strip_lines(spec["default"])
+            problem = check_value(setting, default) if default is not None else None
+            if problem:
+                problems.append(f"{where}: default of {arg!r} {problem}")
+            defaults[arg] = default
+    tasks = []
+    for raw in data.get("tasks") or []:
+        where = f"{path}:{raw.get('__line__', '?') if isinstance(raw, dict) else '?'}"
+        if not isinstance(raw, dict):
+            problems.append(f"{where}: a task must be a mapping")
+            continue
+        problems += _check_keys(raw, (*TASK_KEYS, "__line__"), where, "task")
+        op = REGISTRY.get(raw.get("op"))
+        if op is None:
+            hint = suggest(str(raw.get("op")), list(REGISTRY))
+            problems.append(f"{where}: unknown op {raw.get('op')!r}"
+                            + (f" (did you mean {hint!r}?)" if hint else ""))
+            continue
+        task_args = _strip_lines(raw.get("args") or {})
+        problems += _check_keys(task_args, tuple(op.args), where, f"op {op.name}")
+        problems += [f"{where}: op {op.name} needs {req!r}" for req in op.required
+                     if req not in task_args]
+        tasks.append(Task(str(raw.get("name") or op.name), op, task_args, raw.get("when"),
+                          tuple(raw.get("tags") or ()), where))
+    if problems:
+        raise RoleError("\n".join(problems))
+    return Role(name, path.parent, str(data.get("description", "")), args, defaults,
+                tuple(tasks))
+
+
+def render(value: Any, variables: dict[str, Any]) -> Any:
+    """Render jinja2 in strings; a string that is one `{{ expr }}` keeps the value's type."""
+    if isinstance(value, dict):
+        return {k: render(v, variables) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, variables) for v in value]
+    if not isinstance(value, str) or ("{{" not in value and "{%" not in value):
+        return value
+    text = value.strip()
+    if text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1:
+        return _JINJA.compile_expression(text[2:-2].strip())(**variables)
+    return _JINJA.from_string(value).render(**variables)
+
+
+def evaluate(expression: str, variables: dict[str, Any]) -> bool:
+    return bool(_JINJA.compile_expression(expression)(**variables))
+
+
+def check_args(task: Task, args: dict[str, Any]) -> list[str]:
+    """Type problems of a task's rendered args."""
+    return [f"{task.where}: {task.op.name} arg {key}: {problem}"
+            for key, value in args.items()
+            if (problem := check_value(task.op.args[key], value)) is not None]
