@@ -9,6 +9,11 @@
         args: {src: chrony.conf.j2, dest: /etc/chrony/chrony.conf}
         when: ntp_servers      # a jinja2 expression
         tags: [config]
+      - name: restart chrony
+        op: command
+        args: {argv: [systemctl, restart, chrony]}
+        if_changed: [chrony configuration]   # runs only when one of these tasks changed
+    cluster_checks: [ntp_skew]  # checks across hosts, run once every host has run its tasks
 """
 
 from __future__ import annotations
@@ -24,8 +29,8 @@ from provision.errors import RoleError
 from provision.operations import REGISTRY, Operation
 from provision.settings import TYPES, Setting, check_value, suggest
 
-ROLE_KEYS = ("description", "args", "tasks")
-TASK_KEYS = ("name", "op", "args", "when", "tags")
+ROLE_KEYS = ("description", "args", "tasks", "cluster_checks")
+TASK_KEYS = ("name", "op", "args", "when", "tags", "if_changed")
 ARG_KEYS = ("type", "default", "help", "min", "max", "choices", "item", "required")
 ROLES_DIR = Path(__file__).resolve().parent.parent / "roles"
 
@@ -40,6 +45,7 @@ class Task:
     when: str | None
     tags: tuple[str, ...]
     where: str                  # file:line, for error messages
+    if_changed: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,7 @@ class Role:
     args: dict[str, Setting]
     defaults: dict[str, Any]
     tasks: tuple[Task, ...]
+    cluster_checks: tuple[str, ...] = ()
 
     def variables(self, host_vars: dict[str, Any]) -> dict[str, Any]:
         """Template variables: role defaults overridden by the host's inventory vars."""
@@ -139,12 +146,23 @@ def load_role(name: str, roles_dir: Path = ROLES_DIR) -> Role:
         problems += _check_keys(task_args, tuple(op.args), where, f"op {op.name}")
         problems += [f"{where}: op {op.name} needs {req!r}" for req in op.required
                      if req not in task_args]
+        if_changed = tuple(raw.get("if_changed") or ())
+        earlier = {t.name for t in tasks}
+        problems += [f"{where}: if_changed names {name!r}, which is not an earlier task"
+                     for name in if_changed if name not in earlier]
         tasks.append(Task(str(raw.get("name") or op.name), op, task_args, raw.get("when"),
-                          tuple(raw.get("tags") or ()), where))
+                          tuple(raw.get("tags") or ()), where, if_changed))
+    from provision.cluster_checks import CLUSTER_CHECKS
+    checks = tuple(data.get("cluster_checks") or ())
+    for check in checks:
+        if check not in CLUSTER_CHECKS:
+            hint = suggest(str(check), list(CLUSTER_CHECKS))
+            problems.append(f"{path}: unknown cluster check {check!r}"
+                            + (f" (did you mean {hint!r}?)" if hint else ""))
     if problems:
         raise RoleError("\n".join(problems))
     return Role(name, path.parent, str(data.get("description", "")), args, defaults,
-                tuple(tasks))
+                tuple(tasks), checks)
 
 
 def render(value: Any, variables: dict[str, Any]) -> Any:

@@ -98,7 +98,12 @@ def run_roles(session: HostSession, inventory: Inventory, roles: list[Role],
 
     facts: dict[Fact, Any] = {}
     stale = True
+    changed: set[tuple[str, str]] = set()
     for index, (role, task, args, ctx) in enumerate(bound):
+        if task.if_changed and not any((role.name, t) in changed for t in task.if_changed):
+            report(TaskResult(host.name, role.name, task.name, Status.SKIPPED,
+                              f"none of {', '.join(task.if_changed)} changed"))
+            continue
         if stale:
             wanted = [f for _, t, a, _ in bound[index:] for f in t.op.facts(a)]
             try:
@@ -129,29 +134,62 @@ def run_roles(session: HostSession, inventory: Inventory, roles: list[Role],
                                           outcome.diff, result.stdout + result.stderr))
                         return
                 stale = True
+            changed.add((role.name, task.name))
             report(TaskResult(host.name, role.name, task.name, Status.CHANGED,
                               outcome.description, outcome.diff))
 
 
+def run_cluster_checks(sessions: dict[str, HostSession], results: dict[str, HostResult],
+                       inventory: Inventory, roles: list[Role], options: RunOptions,
+                       listener: Listener) -> None:
+    """Each role's cross-host checks, over the hosts that finished that role without failing."""
+    from provision.cluster_checks import CLUSTER_CHECKS
+    for role in roles:
+        if options.tags and role.name not in options.tags and not any(
+                options.tags & set(t.tags) for t in role.tasks):
+            continue
+        healthy = {name: s for name, s in sessions.items()
+                   if results[name].status not in (Status.FAILED, Status.UNREACHABLE)}
+        for check in role.cluster_checks:
+            if not healthy:
+                continue
+            try:
+                check_results = CLUSTER_CHECKS[check](healthy, inventory, role, options.check)
+            except HostUnreachable as exc:
+                check_results = [TaskResult(name, role.name, check, Status.FAILED, str(exc))
+                                 for name in healthy]
+            for result in check_results:
+                results[result.host].tasks.append(result)
+                listener(result)
+
+
 def run_on_hosts(hosts: list[Host], options: ConnectOptions, forks: int,
-                 work: Callable[[HostSession, list[TaskResult]], None]) -> list[HostResult]:
-    """Run `work` on every host in parallel (at most `forks` at once), one connection each.
+                 work: Callable[[HostSession, list[TaskResult]], None],
+                 after_all: Callable[[dict[str, HostSession], dict[str, HostResult]], None]
+                 | None = None) -> list[HostResult]:
+    """Run `work` on every host in parallel (at most `forks` at once), one connection each,
+    then `after_all` over the connections still open (cross-host checks), then close them.
 
     A host that cannot be reached, or whose connection dies, is UNREACHABLE; the others finish.
     """
-    def one(host: Host) -> HostResult:
-        session = HostSession(HostConnection(host, options))
-        result = HostResult(host.name)
-        try:
-            work(session, result.tasks)
-        except HostUnreachable as exc:
-            result.unreachable = str(exc)
-        finally:
-            session.connection.close()
-            result.round_trips = session.round_trips
-        return result
+    sessions = {h.name: HostSession(HostConnection(h, options)) for h in hosts}
+    results = {h.name: HostResult(h.name) for h in hosts}
 
-    if not hosts:
-        return []
-    with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
-        return list(pool.map(one, hosts))
+    def one(host: Host) -> None:
+        try:
+            work(sessions[host.name], results[host.name].tasks)
+        except HostUnreachable as exc:
+            results[host.name].unreachable = str(exc)
+
+    try:
+        if hosts:
+            with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
+                list(pool.map(one, hosts))
+        if after_all is not None:
+            reachable = {n: s for n, s in sessions.items() if not results[n].unreachable}
+            after_all(reachable, results)
+    finally:
+        for name, session in sessions.items():
+            session.connection.close()
+            results[name].round_trips = session.round_trips
+    return list(results.values())

@@ -17,3 +17,6 @@ def known_settings(roles_dir: Path = ROLES_DIR) -> dict[str, Setting]:
     for name in role_names(roles_dir):
         known.update(load_role(name, roles_dir).args)
     return known
+
+# The order `provision setup` runs the shipped roles in: a host failing preflight is not touched.
+SETUP_ORDER = ("preflight", "nvidia", "ntp", "firewall", "nfs", "conda")

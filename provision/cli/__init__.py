@@ -183,3 +183,48 @@ def _register() -> None:
 
 
 _register()
+
+
+@main.command("setup")
+@click.argument("inventory", type=click.Path())
+@ssh_options
+@click.option("--check", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--diff", is_flag=True, help="Show the changes to files.")
+@click.option("--tags", "-t", help="Run only tasks with these tags or of these roles "
+                                   "(comma-separated).")
+@click.option("--role", "role_names", multiple=True,
+              help="Run only this role (repeatable) [default: every role, in order].")
+@click.option("--roles-dir", type=click.Path(file_okay=False, exists=True),
+              help="Directory of roles [default: the roles shipped with provision].")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of a recap.")
+def setup_cmd(inventory, limit, forks, check, diff, tags, role_names, roles_dir, as_json,
+              **kwargs) -> None:
+    """Make every host ready for training (idempotent; --check changes nothing)."""
+    from provision.roles import ROLES_DIR, load_role
+    from provision.runner import RunOptions, run_cluster_checks, run_roles
+    from provision.setup import SETUP_ORDER, known_settings, role_names as available
+
+    ssh = ssh_settings(kwargs)
+    directory = Path(roles_dir) if roles_dir else ROLES_DIR
+    try:
+        names = list(role_names) or [n for n in SETUP_ORDER if n in available(directory)] \
+            or available(directory)
+        roles = [load_role(name, directory) for name in names]
+        known = known_settings(directory)
+    except ProvisionError as exc:
+        fail(str(exc))
+    inv, hosts = open_inventory(inventory, limit, known)
+    options = connect_options(ssh, hosts)
+    run_options = RunOptions(check=check, forks=forks,
+                             tags=frozenset(t.strip() for t in (tags or "").split(",") if t.strip()))
+
+    def listener(result: TaskResult) -> None:
+        if not as_json:
+            task_line(result, check, diff)
+
+    results = run_on_hosts(
+        hosts, options, forks,
+        lambda session, out: run_roles(session, inv, roles, run_options, listener, out),
+        lambda sessions, by_host: run_cluster_checks(sessions, by_host, inv, roles, run_options,
+                                                     listener))
+    finish(inv, results, as_json)

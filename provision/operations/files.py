@@ -25,6 +25,8 @@ OWNER = Setting("owner", "user")
 GROUP = Setting("group", "user")
 PATH = Setting("path", "abspath")
 DEST = Setting("dest", "abspath")
+# The previous version of a file edited line by line (or with backup: true) is kept here.
+BACKUP_SUFFIX = ".provision-backup"
 
 
 def _mode(args: dict[str, Any]) -> str | None:
@@ -54,21 +56,20 @@ def _attribute_fixes(path: str, info: PathInfo | None, args: dict[str, Any]) -> 
 def write_file_script(path: str, args: dict[str, Any], backup: bool = False) -> str:
     """sh script that atomically replaces `path` with stdin, attributes set before the rename."""
     p = shlex.quote(path)
-    mode = _mode(args) or "644"
-    lines = [f"tmp=$(mktemp {shlex.quote(path + '.provision-XXXXXX')}) || exit 1",
+    lines = ["set -e",
+             f"tmp=$(mktemp {shlex.quote(path + '.provision-XXXXXX')})",
              "trap 'rm -f \"$tmp\"' EXIT",
              'cat > "$tmp"',
-             f'chmod {mode} "$tmp"']
+             f'chmod {_mode(args) or "644"} "$tmp"']
     if args.get("owner") or args.get("group"):
         spec = (args.get("owner") or "") + (f":{args['group']}" if args.get("group") else "")
         lines.append(f'chown {shlex.quote(spec)} "$tmp"')
     else:
-        # Keep the current owner of a replaced file.
-        lines.append(f'[ -e {p} ] && chown --reference={p} "$tmp"')
+        lines.append(f'if [ -e {p} ]; then chown --reference={p} "$tmp"; fi')
     if backup:
-        lines.append(f"[ -e {p} ] && cp -p {p} {p}.provision-backup")
+        lines.append(f"if [ -e {p} ]; then cp -p {p} {shlex.quote(path + BACKUP_SUFFIX)}; fi")
     lines += [f'mv -f "$tmp" {p}', "trap - EXIT"]
-    return " &&\n".join(lines[:2]) + "\n" + " &&\n".join(lines[2:]) + "\n"
+    return "\n".join(lines) + "\n"
 
 
 def _content_change(path: str, info: PathInfo | None, content: bytes, args: dict[str, Any],

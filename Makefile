@@ -1,0 +1,48 @@
+# Every target does its own set-up on a fresh root Linux machine (Debian/Ubuntu):
+# the apt packages the lab needs, a virtualenv, the package with its test extra.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROVISION := $(VENV)/bin/provision
+APT_PACKAGES := openssh-server openssh-client iproute2 nftables iptables chrony sudo util-linux procps psmisc
+LAB_INVENTORY := .lab/plab/inventory.yaml
+PYTEST_FLAGS ?= -q
+
+.PHONY: deps test test-unit test-lab test-vm demo lab-down clean
+
+deps: $(VENV)/.installed
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# The fast tiers: unit tests and the lab (real sshd, nftables, chrony, torchrun in namespaces).
+test: deps
+	$(PY) -m pytest $(PYTEST_FLAGS) -m "not vm and not gpu" tests
+
+test-unit: deps
+	$(PY) -m pytest $(PYTEST_FLAGS) tests/unit
+
+test-lab: deps
+	$(PY) -m pytest $(PYTEST_FLAGS) -m lab tests
+
+test-vm: deps
+	$(PY) -m pytest $(PYTEST_FLAGS) -m vm tests
+
+demo: deps
+	$(PROVISION) lab up --hosts 3
+	$(PROVISION) exec $(LAB_INVENTORY) -- 'echo "$$(hostname) $$(hostname -I)"'
+	@echo; echo "The lab stays up; try: $(PROVISION) exec $(LAB_INVENTORY) -- uptime"; \
+	 echo "Tear it down with: make lab-down"
+
+lab-down:
+	$(PROVISION) lab down
+
+clean: lab-down
+	rm -rf $(VENV) .lab
