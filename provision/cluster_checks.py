@@ -3,8 +3,8 @@ has run its tasks, over the connections still open.
 
 A check is a function (sessions, inventory, role, check_mode) -> list[TaskResult] (in check
 mode it must change nothing, not even a temporary file), registered with
-@cluster_check(name) and named in a role file's `cluster_checks:`. Modules defining checks are
-imported at the bottom of this file.
+@cluster_check(name) (in the modules of provision.operations, all imported with it) and named
+in a role file's `cluster_checks:`.
 """
 
 from __future__ import annotations

@@ -55,6 +55,9 @@ class HostSession:
             return {}
         script, marker = batch_script(unique)
         result = self.run(script)
+        if marker not in result.stdout:
+            # Not even the first fact ran: sudo or the shell itself refused.
+            raise ValueError(f"the fact script did not run ({result.describe_failure()})")
         outputs = split_batch_output(result.stdout, marker, len(unique))
         return {fact: fact.parse(out, rc) for fact, (out, rc) in zip(unique, outputs)}
 

@@ -92,3 +92,26 @@ class CommandsPresent(Fact):
 
     def parse(self, stdout: str, rc: int) -> frozenset[str]:
         return frozenset(stdout.split())
+
+
+@dataclass(frozen=True)
+class DiskFree:
+    path: str           # the nearest existing directory at or above the asked path
+    free_bytes: int
+
+
+@dataclass(frozen=True)
+class FreeSpace(Fact):
+    """Free space on the filesystem that `path` is (or would be) created on."""
+
+    path: str
+
+    def command(self) -> str:
+        return (f"p={shlex.quote(self.path)}; while [ ! -e \"$p\" ]; do p=$(dirname \"$p\"); "
+                f"done; echo \"$p\"; df -Pk \"$p\" | tail -n 1")
+
+    def parse(self, stdout: str, rc: int) -> DiskFree:
+        lines = stdout.splitlines()
+        if rc != 0 or len(lines) < 2:
+            raise ValueError(f"cannot read free space at {self.path}")
+        return DiskFree(lines[0], int(lines[1].split()[3]) * 1024)
