@@ -52,6 +52,8 @@ INIT_SCRIPT = lab_init.__file__
 NAME_PATTERN = re.compile(r"[a-z][a-z0-9]{0,9}")
 # Paths go into overlay mount options (',' ':' separate) and sshd_config (spaces split).
 SAFE_PATH = re.compile(r"/[A-Za-z0-9._/@+-]*")
+# OpenSSH >= 9.8 runs sessions as sshd-session and sshd-auth below the sshd listener.
+SSHD_PROCESS_NAMES = ("sshd", "sshd-session", "sshd-auth")
 RUNTIME_FILES = ("hosts", "lab.json", "inventory.yaml", "known_hosts", "hosts.json",
                  "sudo_password", "sshd_probe_config")
 
@@ -77,6 +79,8 @@ class HostStatus:
 
 
 class Lab:
+    """One lab, named and kept in a directory; the constructor only reads its recorded state."""
+
     def __init__(self, name: str = DEFAULT_NAME, dir: str | Path | None = None,
                  subnet: str | None = None):
         if not NAME_PATTERN.fullmatch(name):
@@ -174,12 +178,12 @@ class Lab:
             if training is not None and not 1 <= training <= count:
                 raise LabError(f"the training group must have 1 to {count} hosts, not {training}")
             lab_net.check_subnet_free(tools.ip, self.subnet, self.bridge)
-            self.training = training
-            self.hosts = [self._host(i, {}) for i in range(count)]
-            self._write_state()   # first, so that `down` finds whatever this run creates
-            self._ensure_credentials(tools)
             lab_net.ensure_bridge(tools.ip, self.bridge, f"{self.subnet.network_address + 1}/"
                                   f"{self.subnet.prefixlen}", lab_net.bridge_alias(self.dir))
+            self.training = training
+            self.hosts = [self._host(i, {}) for i in range(count)]
+            self._write_state()   # before any host exists, so that `down` finds them all
+            self._ensure_credentials(tools)
             running = self._running_inits()
             for host in self.hosts:
                 host.init_pid = running.get(host.name)
@@ -261,7 +265,7 @@ class Lab:
     def stop_sshd(self, host: str | LabHost) -> None:
         """Kill every sshd of the host (listener and sessions): the host stops answering SSH."""
         pid = self._init_pid(host)
-        sshds = lab_procs.in_namespace_of(pid, ["sshd"])
+        sshds = lab_procs.in_namespace_of(pid, SSHD_PROCESS_NAMES)
         lab_procs.signal_all(sshds, signal.SIGKILL)
         if lab_procs.wait_gone(sshds, 5):
             raise LabError(f"{_name(host)}: sshd did not stop")
@@ -269,8 +273,7 @@ class Lab:
     def start_sshd(self, host: str | LabHost) -> None:
         """Start the host's sshd (if it is not running) and wait until it answers."""
         lab_host = self.host(_name(host))
-        if not self._sshd_listener(lab_host):
-            self.sh(lab_host, shlex.join(self._sshd_argv(lab_host, daemon=True)))
+        self._start_sshd_if_stopped(lab_host)
         self._wait_for_ssh([lab_host])
 
     def regenerate_host_key(self, host: str | LabHost) -> None:
@@ -294,7 +297,12 @@ class Lab:
         """Start the inits of hosts that are not running, from fresh network pieces."""
         if not hosts:
             return
-        lab_net.remove(tools.ip, [self._netns(h) for h in hosts], [self._veth(h) for h in hosts])
+        # Pieces of a crashed run: those of the hosts to start, and of hosts the lab no longer has.
+        stale_netns, stale_veths = lab_net.leftovers(tools.ip, self.name, self.host_prefix)
+        running = [h for h in self.hosts if h not in hosts]
+        keep = {self._netns(h) for h in running} | {self._veth(h) for h in running}
+        lab_net.remove(tools.ip, [n for n in stale_netns if n not in keep],
+                       [v for v in stale_veths if v not in keep])
         penalties = self._sshd_knows_penalties(tools)
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda h: self._prepare_host_dir(tools, h, penalties), hosts))
@@ -381,12 +389,17 @@ class Lab:
             raise LabError(f"lab {self.name}:\n  " + "\n  ".join(errors))
 
     def _refresh_running_host(self, host: LabHost) -> None:
-        """A host that kept running: give it the current host list and make sure sshd runs."""
+        """A host that kept running: give it the current host list and make sure sshd is started."""
         hosts_file = Path(f"/proc/{host.init_pid}/root/etc/hosts")   # the host's own /etc
         text = lab_init.hosts_file({h.name: h.address for h in self.hosts})
         if hosts_file.read_text() != text:
             lab_files.write_atomic(hosts_file, text)
-        self.start_sshd(host)
+        self._start_sshd_if_stopped(host)
+
+    def _start_sshd_if_stopped(self, host: LabHost) -> None:
+        if not self._sshd_listener(host):
+            # Daemonized, it is re-parented to the host's init like the sshd the init started.
+            self.sh(host, shlex.join(self._sshd_argv(host, daemon=True)))
 
     def _ensure_credentials(self, tools: Tools) -> None:
         if not self.key_path.exists():
@@ -398,7 +411,7 @@ class Lab:
     def _keygen(self, tools: Tools, path: Path, comment: str) -> None:
         done = subprocess.run([tools.ssh_keygen, "-q", "-t", "ed25519", "-N", "", "-C", comment,
                                "-f", str(path)], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL)
+                              stdin=subprocess.DEVNULL, check=False)
         if done.returncode != 0:
             raise LabError(f"ssh-keygen for {path} failed: {done.stderr.strip()}")
 
@@ -406,7 +419,8 @@ class Lab:
         """Whether this sshd has PerSourcePenalties (OpenSSH >= 9.8), by testing a config."""
         probe = self.dir / "sshd_probe_config"
         probe.write_text(f"HostKey {self.key_path}\nPerSourcePenalties no\n")
-        done = subprocess.run([tools.sshd, "-t", "-f", str(probe)], capture_output=True)
+        done = subprocess.run([tools.sshd, "-t", "-f", str(probe)], capture_output=True,
+                              check=False)
         probe.unlink()
         return done.returncode == 0
 
@@ -451,10 +465,13 @@ class Lab:
         return None
 
     def _init_pid(self, host: str | LabHost) -> int:
+        """The running init of the host (looked up again if another `up` restarted it)."""
         lab_host = self.host(_name(host))
+        config = str(self.host_dir(lab_host.name) / "init.json")
         pid = lab_host.init_pid
-        if pid is None or not (lab_procs.alive(pid) and
-                               INIT_SCRIPT in lab_procs.cmdline(pid)):
+        if pid is None or not lab_procs.alive(pid) or lab_procs.cmdline(pid)[-1:] != [config]:
+            pid = lab_host.init_pid = self._running_inits().get(lab_host.name)
+        if pid is None:
             raise LabError(f"lab host {lab_host.name} is not running; run `provision lab up`")
         return pid
 

@@ -1,4 +1,7 @@
-"""Finding and stopping the lab's processes through the machine's /proc (every read may race an exit)."""
+"""Finding and stopping the lab's processes through the machine's /proc.
+
+Every read may race the process's exit, so each one tolerates a vanished process.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import click
 
 from provision.cli.output import emit
@@ -25,7 +27,7 @@ def open_lab(name: str, directory: str | None, subnet: str | None = None) -> Lab
         fail(exc)
 
 
-def fail(exc: LabError) -> None:
+def fail(exc: LabError) -> NoReturn:
     emit(click.style("error: ", fg="red", bold=True) + str(exc), err=True)
     raise SystemExit(EXIT_LAB_ERROR)
 

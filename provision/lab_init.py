@@ -1,0 +1,176 @@
+"""PID 1 of a lab host: builds its filesystem view, starts sshd, then reaps and forwards TERM.
+
+Run as `python -I -S lab_init.py CONFIG.json` by `unshare --mount --uts --ipc --pid --fork` inside
+the host's network namespace, so it starts as PID 1 of a fresh PID namespace. Standard library only:
+it runs before anything else exists in the host. Mounts go through mount(2) directly (no process
+per mount: that matters with 64 hosts on 2 cores). It mounts /proc itself, after first reading its
+own PID as the machine sees it (from the machine's /proc) and reporting it in the boot file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND = 0x2, 0x4, 0x8, 0x1000
+MNT_DETACH = 0x2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_stop_requested: list[int] = []   # stop signals that arrived while booting
+SUDOERS_FILE = "/etc/sudoers.d/provision-lab"
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def mount(source: str, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
+                       ctypes.c_ulong(flags), data.encode() if data else None),
+           f"mount {fstype or 'bind'} {source} on {target}")
+
+
+def hosts_file(hosts: dict[str, str]) -> str:
+    """/etc/hosts of every lab host: localhost and each lab host's name, like a cluster's DNS."""
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    lines += [f"{address}\t{name}" for name, address in hosts.items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_file(path: str, text: str, mode: int) -> None:
+    """Replace a file atomically (write a sibling, then rename over)."""
+    temp = f"{path}.tmp-{os.getpid()}"
+    with open(temp, "w") as handle:
+        handle.write(text)
+    os.chmod(temp, mode)
+    os.replace(temp, path)
+
+
+def build_filesystem(config: dict) -> None:
+    for target, upper, work in config["overlays"]:
+        os.makedirs(upper, exist_ok=True)
+        os.makedirs(work, exist_ok=True)
+        mount("overlay", target, "overlay", 0,
+              f"lowerdir={target},upperdir={upper},workdir={work}")
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    # A sysfs mounted from inside the netns shows this host's interfaces in /sys/class/net.
+    _libc.umount2(b"/sys", MNT_DETACH)
+    mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    for target, mode in (("/run", "0755"), ("/tmp", "1777"), ("/dev/shm", "1777")):
+        mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode}")
+    for source, target in config["binds"]:
+        os.makedirs(target, exist_ok=True)
+        mount(source, target, None, MS_BIND)
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+
+
+def _passwd_entry(user: str) -> list[str] | None:
+    with open("/etc/passwd") as handle:
+        for line in handle:
+            fields = line.rstrip("\n").split(":")
+            if fields[0] == user:
+                return fields
+    return None
+
+
+def _read(path: str) -> str:
+    with open(path) as handle:
+        return handle.read()
+
+
+def _run(argv: list[str], stdin: str | None = None) -> None:
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:2])} failed: {done.stderr.strip()}")
+
+
+def create_users(config: dict) -> None:
+    """The sudo user exists from the first boot on (its password lives in the host's /etc)."""
+    user = config["user"]
+    if _passwd_entry(user) is None:
+        _run([config["useradd"], "--create-home", "--shell", "/bin/bash", "--user-group", user])
+        password = _read(config["password_file"]).strip()
+        _run([config["chpasswd"]], stdin=f"{user}:{password}\n")
+        write_file(SUDOERS_FILE, f"{user} ALL=(ALL:ALL) ALL\n", 0o440)
+    with open("/etc/shadow") as handle:
+        root_locked = any(line.startswith("root:!") for line in handle)
+    if root_locked:
+        # sshd (UsePAM no) refuses even key logins to a '!'-locked account; '*' only bars passwords.
+        _run([config["usermod"], "--password", "*", "root"])
+    for name in ("root", user):
+        fields = _passwd_entry(name)
+        if fields is None:
+            raise RuntimeError(f"user {name} is missing from the host's /etc/passwd")
+        uid, gid, home = int(fields[2]), int(fields[3]), fields[5]
+        ssh_dir = os.path.join(home, ".ssh")
+        os.makedirs(ssh_dir, mode=0o700, exist_ok=True)
+        keys_path = os.path.join(ssh_dir, "authorized_keys")
+        keys = _read(keys_path) if os.path.exists(keys_path) else ""
+        if config["authorized_key"] not in keys.splitlines():
+            write_file(keys_path, keys + config["authorized_key"] + "\n", 0o600)
+        for path in (ssh_dir, keys_path):
+            os.chown(path, uid, gid)
+
+
+def boot(config: dict) -> None:
+    socket.sethostname(config["hostname"])
+    build_filesystem(config)
+    write_file("/etc/hosts", hosts_file(json.loads(_read(config["hosts_json"]))), 0o644)
+    create_users(config)
+    subprocess.Popen(config["sshd_argv"], stdin=subprocess.DEVNULL)
+
+
+def reap_forever() -> None:
+    """Reap every orphan; on TERM/INT/HUP, pass TERM to every process of the host, then exit."""
+    wanted = {signal.SIGCHLD, *STOP_SIGNALS}
+    # Blocked only now: children inherit the signal mask, and sshd must not start with one.
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    while not _stop_requested:
+        _reap()
+        if signal.sigwaitinfo(wanted).si_signo != signal.SIGCHLD:
+            break
+    os.kill(-1, signal.SIGTERM)
+    deadline = time.monotonic() + 3
+    while _reap() and time.monotonic() < deadline:
+        signal.sigtimedwait({signal.SIGCHLD}, 0.1)
+    # Leaving PID 1 makes the kernel kill whatever is left in the namespace.
+
+
+def _reap() -> bool:
+    """Collect every exited child; True while some child still runs."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return False
+        if pid == 0:
+            return True
+
+
+def main(config_path: str) -> int:
+    for signum in STOP_SIGNALS:
+        # With a handler (not SIG_DFL) the kernel lets outside signals reach a namespace's PID 1.
+        signal.signal(signum, lambda signum, _frame: _stop_requested.append(signum))
+    config = json.loads(_read(config_path))
+    machine_pid = int(os.readlink("/proc/self"))   # still the machine's /proc at this point
+    try:
+        boot(config)
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:   # reported via the boot file
+        write_file(config["boot_file"], json.dumps({"pid": machine_pid, "error": str(exc)}), 0o644)
+        return 1
+    write_file(config["boot_file"], json.dumps({"pid": machine_pid}), 0o644)
+    reap_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1]))

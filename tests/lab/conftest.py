@@ -1,0 +1,63 @@
+"""The session's lab cluster: real namespaces, mounts and sshd on this machine (needs root).
+
+Every test under tests/lab/ is marked `lab`. The lab lives under the repository's .lab/
+(gitignored), not under /tmp, /var, /etc... which every lab host replaces with its own. Names and
+subnets move with PROVISION_TEST_LAB_NAME / _SUBNET / _SCRATCH_NAME / _SCRATCH_SUBNET when another
+session on this machine already uses them.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from provision.lab import Lab
+
+LAB_HOSTS = 4          # the last host stays out of the training group: a host outside the cluster
+TRAINING_HOSTS = 3
+LAB_NAME = os.environ.get("PROVISION_TEST_LAB_NAME", "plabt")
+LAB_SUBNET = os.environ.get("PROVISION_TEST_LAB_SUBNET", "10.214.0.0/24")
+# For tests that bring up and tear down a lab of their own.
+SCRATCH_NAME = os.environ.get("PROVISION_TEST_LAB_SCRATCH_NAME", "plabs")
+SCRATCH_SUBNET = os.environ.get("PROVISION_TEST_LAB_SCRATCH_SUBNET", "10.214.1.0/24")
+LAB_ROOT = Path(__file__).resolve().parents[2] / ".lab"
+NOT_ROOT = "lab tests need root (network namespaces, a bridge, mounts); run pytest as root"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.lab)
+
+
+def fresh_lab(name: str, subnet: str) -> Lab:
+    """A Lab object for `name` with nothing left of an earlier, interrupted session."""
+    Lab(name, LAB_ROOT / name).down()
+    return Lab(name, LAB_ROOT / name, subnet)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Lab:
+    if os.geteuid() != 0:
+        pytest.skip(NOT_ROOT)
+    the_lab = fresh_lab(LAB_NAME, LAB_SUBNET)
+    try:
+        the_lab.up(LAB_HOSTS, training=TRAINING_HOSTS)
+        yield the_lab
+    finally:
+        the_lab.down()
+
+
+@pytest.fixture
+def scratch_lab() -> Lab:
+    """A second lab, not up yet, for a test that brings it up, breaks it or takes it down."""
+    if os.geteuid() != 0:
+        pytest.skip(NOT_ROOT)
+    the_lab = fresh_lab(SCRATCH_NAME, SCRATCH_SUBNET)
+    try:
+        yield the_lab
+    finally:
+        the_lab.down()
