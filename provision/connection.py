@@ -241,6 +241,16 @@ class HostConnection:
         return line, self.options.sudo_password.encode() + b"\n" + (stdin or b"")
 
 
+def _alive(transport: paramiko.Transport | None) -> bool:
+    if transport is None or not transport.is_active():
+        return False
+    try:
+        transport.open_session(timeout=3).close()
+        return True
+    except (OSError, EOFError, paramiko.SSHException):
+        return False
+
+
 class RemoteProcess:
     """A running remote command: collects (or streams) its output until it exits."""
 
@@ -278,10 +288,6 @@ class RemoteProcess:
             transport = chan.get_transport()
             if transport is None or not transport.is_active():
                 raise HostUnreachable(f"{self.host}: connection lost while running a command")
-            if chan.closed:
-                # Closed without an exit status: the remote command died of a signal.
-                return CommandResult(self.command, 255, out.decode(errors="replace"),
-                                     err.decode(errors="replace"))
             left = deadline - time.monotonic()
             if left <= 0:
                 chan.close()
@@ -295,7 +301,11 @@ class RemoteProcess:
         code = chan.recv_exit_status()
         chan.close()
         if code == -1:
-            code = 255  # paramiko's "no exit status": the command was killed by a signal
+            # Closed without an exit status: either the command died of a signal or the
+            # connection itself died; only a fresh channel tells the two apart.
+            if not _alive(chan.get_transport()):
+                raise HostUnreachable(f"{self.host}: connection lost while running a command")
+            code = 255
         return CommandResult(self.command, code, out.decode(errors="replace"),
                              err.decode(errors="replace"))
 

@@ -9,6 +9,8 @@ session on this machine already uses them.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -61,3 +63,41 @@ def scratch_lab() -> Lab:
         yield the_lab
     finally:
         the_lab.down()
+
+
+@pytest.fixture
+def make_inventory(lab: Lab, tmp_path: Path):
+    """Write an inventory for the session lab: its hosts (or some of them), extra `all` vars,
+    extra host vars and extra groups. Returns its path."""
+    import yaml
+
+    def make(vars: dict | None = None, hosts: list[str] | None = None,
+             host_vars: dict[str, dict] | None = None, groups: dict[str, list[str]] | None = None,
+             name: str = "inventory.yaml") -> Path:
+        base = yaml.safe_load(lab.inventory_path.read_text())["all"]
+        chosen = hosts or [h.name for h in lab.hosts]
+        training = [h.name for h in lab.hosts[:lab.training or len(lab.hosts)]]
+        data = {"all": {
+            "vars": {**base["vars"], **(vars or {})},
+            "hosts": {h: {**base["hosts"][h], **(host_vars or {}).get(h, {})} for h in chosen},
+            "children": {"training": {"hosts": {h: {} for h in training if h in chosen}},
+                         **{g: {"hosts": {h: {} for h in members}}
+                            for g, members in (groups or {}).items()}}}}
+        path = tmp_path / name
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+    return make
+
+
+def run_provision(*args: str, timeout: float = 300, env: dict | None = None,
+                  input: str | None = None) -> subprocess.CompletedProcess:
+    """The real CLI in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "provision", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, input=input,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def cli():
+    """run_provision, for tests: cli("setup", inventory, "--check")."""
+    return run_provision
