@@ -44,7 +44,6 @@ FIRST_HOST_OFFSET = 11        # hosts are .11, .12, ...; the bridge (the control
 SUDO_USER = "deploy"
 OVERLAY_DIRS = ("/etc", "/opt", "/var", "/usr", "/root", "/home")
 # Hosts see their own version of these, so a lab directory under one would be invisible to them.
-PRIVATE_DIRS = OVERLAY_DIRS + ("/run", "/tmp", "/srv", "/mnt", "/proc", "/sys", "/dev")
 MOUNT_IN_HOST = "/run/provision-lab"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 INIT_SCRIPT = lab_init.__file__
@@ -338,6 +337,7 @@ class Lab:
             "hostname": host.name,
             "overlays": [[d, str(directory / "layers" / d[1:] / "upper"),
                           str(directory / "layers" / d[1:] / "work")] for d in OVERLAY_DIRS],
+            "lab_dir": str(self.dir.resolve()),
             "binds": [[str(directory / "srv"), "/srv"], [str(directory / "mnt"), "/mnt"],
                       [str(self.dir), MOUNT_IN_HOST]],
             "hosts_json": str(self.hosts_json_path),
@@ -480,7 +480,9 @@ class Lab:
             raise LabError(f"lab directory {self.dir} may only contain letters, digits and "
                            "'._/@+-' (it goes into mount options and sshd_config)")
         real = Path(os.path.realpath(self.dir))
-        for private in PRIVATE_DIRS:
+        # Under a tmpfs or bind target the lab dir is mounted back in each host (lab_init); an
+        # overlay's own upper layer cannot live inside that overlay, so those stay refused.
+        for private in OVERLAY_DIRS:
             if real == Path(private) or Path(private) in real.parents:
                 raise LabError(f"lab directory {real} is under {private}, which every lab host "
                                "replaces with its own; choose a --dir elsewhere")

@@ -175,12 +175,21 @@ def render(value: Any, variables: dict[str, Any]) -> Any:
         return value
     text = value.strip()
     if text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1:
-        return _JINJA.compile_expression(text[2:-2].strip())(**variables)
+        return _expression(text[2:-2].strip(), variables)
     return _JINJA.from_string(value).render(**variables)
 
 
+def _expression(expression: str, variables: dict[str, Any]) -> Any:
+    # compile_expression turns an undefined result into None by default, which would hide a
+    # misspelt variable (a `when:` typo silently skipping its task): raise as templates do.
+    value = _JINJA.compile_expression(expression, undefined_to_none=False)(**variables)
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    return value
+
+
 def evaluate(expression: str, variables: dict[str, Any]) -> bool:
-    return bool(_JINJA.compile_expression(expression)(**variables))
+    return bool(_expression(expression, variables))
 
 
 def check_args(task: Task, args: dict[str, Any]) -> list[str]:

@@ -41,16 +41,22 @@ def _mode(args: dict[str, Any]) -> str | None:
 
 def _attribute_fixes(path: str, info: PathInfo | None, args: dict[str, Any]) -> list[str]:
     """chmod/chown argv needed so `path` has the wanted mode and owner."""
+    # chown before chmod: changing the owner clears the set-user-ID and set-group-ID bits.
     fixes = []
-    mode = _mode(args)
-    if mode and (info is None or info.mode != mode):
-        fixes.append(shlex.join(["chmod", mode, "--", path]))
     owner, group = args.get("owner"), args.get("group")
     if (owner and (info is None or info.owner != owner)) or \
             (group and (info is None or info.group != group)):
         spec = (owner or "") + (f":{group}" if group else "")
         fixes.append(shlex.join(["chown", spec, "--", path]))
+    mode = _mode(args)
+    if mode and (info is None or info.mode != mode):
+        fixes.append(shlex.join(["chmod", mode, "--", path]))
     return fixes
+
+
+def _script(commands: list[str]) -> str:
+    """One sh script of several commands that stops at (and exits with) the first failure."""
+    return "\n".join(["set -e", *commands]) + "\n"
 
 
 def write_file_script(path: str, args: dict[str, Any], backup: bool = False) -> str:
@@ -59,13 +65,13 @@ def write_file_script(path: str, args: dict[str, Any], backup: bool = False) -> 
     lines = ["set -e",
              f"tmp=$(mktemp {shlex.quote(path + '.provision-XXXXXX')})",
              "trap 'rm -f \"$tmp\"' EXIT",
-             'cat > "$tmp"',
-             f'chmod {_mode(args) or "644"} "$tmp"']
+             'cat > "$tmp"']
     if args.get("owner") or args.get("group"):
         spec = (args.get("owner") or "") + (f":{args['group']}" if args.get("group") else "")
         lines.append(f'chown {shlex.quote(spec)} "$tmp"')
     else:
         lines.append(f'if [ -e {p} ]; then chown --reference={p} "$tmp"; fi')
+    lines.append(f'chmod {_mode(args) or "644"} "$tmp"')  # after chown, which clears setuid
     if backup:
         lines.append(f"if [ -e {p} ]; then cp -p {p} {shlex.quote(path + BACKUP_SUFFIX)}; fi")
     lines += [f'mv -f "$tmp" {p}', "trap - EXIT"]
@@ -81,7 +87,7 @@ def _content_change(path: str, info: PathInfo | None, content: bytes, args: dict
         fixes = _attribute_fixes(path, info, args)
         if not fixes:
             return NoChange(f"{path} is up to date")
-        return Change(f"set mode/owner of {path}", (Command("\n".join(fixes)),))
+        return Change(f"set mode/owner of {path}", (Command(_script(fixes)),))
     old = (info.content or b"") if info else b""
     diff = "".join(difflib.unified_diff(
         old.decode(errors="replace").splitlines(keepends=True),
@@ -113,7 +119,7 @@ def file_op(args: dict, facts: FactValues, ctx: HostContext):
         if not commands:
             return NoChange(f"directory {path} exists")
         return Change(("create" if info is None else "fix") + f" directory {path}",
-                      (Command("\n".join(commands)),))
+                      (Command(_script(commands)),))
     if "content" in args:
         return _content_change(path, info, args["content"].encode(), args, "content")
     if info is None:
@@ -123,7 +129,7 @@ def file_op(args: dict, facts: FactValues, ctx: HostContext):
     fixes = _attribute_fixes(path, info, args)
     if not fixes:
         return NoChange(f"{path} exists")
-    return Change(f"set mode/owner of {path}", (Command("\n".join(fixes)),))
+    return Change(f"set mode/owner of {path}", (Command(_script(fixes)),))
 
 
 def render_template(role_dir: Path, src: str, variables: dict[str, Any]) -> str:
@@ -155,6 +161,8 @@ def line_in_file_op(args: dict, facts: FactValues, ctx: HostContext):
     if "\n" in line:
         return Failure("line must be a single line")
     info = facts[PathState(path, True)]
+    if info is not None and info.kind != "file":
+        return Failure(f"{path} is a {info.kind}, not a file")
     if info is not None and info.content is None:
         return Failure(f"{path} is too large to edit line by line")
     old = (info.content or b"").decode() if info else ""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from provision.lab import Lab
+from provision.lab import OVERLAY_DIRS, Lab
 
 LAB_HOSTS = 4          # the last host stays out of the training group: a host outside the cluster
 TRAINING_HOSTS = 3
@@ -24,7 +24,18 @@ LAB_SUBNET = os.environ.get("PROVISION_TEST_LAB_SUBNET", "10.214.0.0/24")
 # For tests that bring up and tear down a lab of their own.
 SCRATCH_NAME = os.environ.get("PROVISION_TEST_LAB_SCRATCH_NAME", "plabs")
 SCRATCH_SUBNET = os.environ.get("PROVISION_TEST_LAB_SCRATCH_SUBNET", "10.214.1.0/24")
-LAB_ROOT = Path(__file__).resolve().parents[2] / ".lab"
+def _lab_root() -> Path:
+    """The repo's .lab/, unless the checkout is under a directory each lab host overlays with
+    its own (a lab's layers cannot live inside their own overlay): then /srv/provision-labs."""
+    if "PROVISION_TEST_LAB_ROOT" in os.environ:
+        return Path(os.environ["PROVISION_TEST_LAB_ROOT"])
+    repo = Path(__file__).resolve().parents[2]
+    if any(Path(d) == repo or Path(d) in repo.parents for d in OVERLAY_DIRS):
+        return Path("/srv/provision-labs")
+    return repo / ".lab"
+
+
+LAB_ROOT = _lab_root()
 NOT_ROOT = "lab tests need root (network namespaces, a bridge, mounts); run pytest as root"
 
 

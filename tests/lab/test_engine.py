@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 from pathlib import Path
 
 import yaml
@@ -137,19 +136,19 @@ def test_strict_policy_refuses_unknown_key(lab, make_inventory, cli, tmp_path):
     assert not (tmp_path / "empty").exists() or not (tmp_path / "empty").read_text()
 
 
-def test_changed_host_key_is_refused(scratch_lab, cli):
+def test_changed_host_key_is_refused(scratch_lab, cli, tmp_path):
     scratch_lab.up(1)
     host = scratch_lab.hosts[0]
     scratch_lab.regenerate_host_key(host)
-    done = cli("exec", scratch_lab.inventory_path, "--json", "--", "touch /tmp/ran")
+    inventory = shutil.copy(scratch_lab.inventory_path, tmp_path)  # its retry file goes there
+    done = cli("exec", inventory, "--json", "--", "touch /tmp/ran")
     message = json.loads(done.stdout)["hosts"][0]["unreachable"]
     assert done.returncode == 4
     assert "HOST KEY CHANGED" in message and "ssh-keygen" in message
     assert message.count("SHA256:") == 2            # old and new fingerprints
     assert scratch_lab.sh(host.name, "test -e /tmp/ran", check=False).returncode != 0
     # Direct API: never silently accepted, whatever the policy.
-    inventory = load_inventory(scratch_lab.inventory_path)
-    connection = HostConnection(inventory.hosts[host.name],
+    connection = HostConnection(load_inventory(inventory).hosts[host.name],
                                 ConnectOptions(known_hosts=scratch_lab.known_hosts_path))
     try:
         connection.open()

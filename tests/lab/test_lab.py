@@ -307,8 +307,8 @@ def test_without_root_it_says_root_is_needed():
     assert not (REFUSED_ROOT / "not-root").exists()
 
 
-@pytest.mark.parametrize("directory", ["/tmp/lab", "/var/lib/lab", "/root/lab", "/home/x/lab"])
-def test_a_lab_directory_the_hosts_cannot_see_is_refused(directory):
+@pytest.mark.parametrize("directory", ["/etc/lab", "/var/lib/lab", "/root/lab", "/home/x/lab"])
+def test_a_lab_directory_inside_a_host_overlay_is_refused(directory):
     require_root()
     with pytest.raises(LabError, match=f"is under /{directory.split('/')[1]}, which every"):
         Lab(REFUSED_NAME, directory).up(1)

@@ -1,0 +1,158 @@
+"""The `provision` command line: --help, --version and the `inventory` command."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from click.testing import CliRunner
+
+from provision import __version__
+from provision.cli import main
+from provision.plan import EXIT_USAGE
+
+INVENTORY = """
+all:
+  vars:
+    user: deploy
+    cluster_cidr: 10.0.0.0/24
+  children:
+    gpu:
+      vars: {gpus: 8}
+      hosts:
+        g1: {ansible_host: 10.0.0.11}
+        g2: {ansible_host: 10.0.0.12, ansible_port: 2222, note: "$(id)"}
+    cpu:
+      hosts:
+        c1: {address: 10.0.0.21}
+    empty:
+"""
+
+
+@pytest.fixture(autouse=True)
+def no_user_ssh_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+
+@pytest.fixture
+def inventory(tmp_path):
+    path = tmp_path / "hosts.yml"
+    path.write_text(textwrap.dedent(INVENTORY).lstrip())
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_version():
+    result = invoke("--version")
+    assert result.exit_code == 0
+    assert result.output.strip() == f"provision, version {__version__}"
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_the_commands(flag):
+    result = invoke(flag)
+    assert result.exit_code == 0
+    assert result.output.startswith("Usage: ")
+    for command in ("inventory", "exec", "setup"):
+        assert f"\n  {command} " in result.output
+
+
+def test_inventory_help():
+    result = invoke("inventory", "--help")
+    assert result.exit_code == 0
+    assert "--json" in result.output and "--limit" in result.output
+
+
+def test_inventory_text(inventory):
+    result = invoke("inventory", inventory)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[:4] == ["@all: g1, g2, c1", "@gpu: g1, g2", "@cpu: c1", "@empty: (no hosts)"]
+    assert "g1 (deploy@10.0.0.11:22)" in lines
+    assert "g2 (deploy@10.0.0.12:2222)" in lines
+    assert "c1 (deploy@10.0.0.21:22)" in lines
+    g2 = lines.index("g2 (deploy@10.0.0.12:2222)")
+    assert "    gpus = 8" in lines[g2:g2 + 8]
+    assert "    note = '$(id)'" in lines[g2:g2 + 8]
+
+
+def test_inventory_json(inventory):
+    result = invoke("inventory", inventory, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert list(data["hosts"]) == ["g1", "g2", "c1"]
+    assert data["hosts"]["g2"] == {
+        "address": "10.0.0.12", "port": 2222, "user": "deploy", "groups": ["all", "gpu"],
+        "vars": {"user": "deploy", "cluster_cidr": "10.0.0.0/24", "gpus": 8,
+                 "address": "10.0.0.12", "port": 2222, "note": "$(id)"}}
+    assert data["groups"]["gpu"] == {"hosts": ["g1", "g2"], "children": [], "vars": {"gpus": 8}}
+    assert data["groups"]["all"]["children"] == ["gpu", "cpu", "empty"]
+
+
+def test_inventory_limit(inventory):
+    result = invoke("inventory", inventory, "--json", "--limit", "c1,g2")
+    assert result.exit_code == 0
+    assert list(json.loads(result.output)["hosts"]) == ["g2", "c1"]
+
+
+def test_inventory_limit_from_retry_file(inventory, tmp_path):
+    retry = tmp_path / "hosts.yml.retry"
+    retry.write_text("g1\nc1\n")
+    result = invoke("inventory", inventory, "--json", "--limit", f"@{retry}")
+    assert result.exit_code == 0
+    assert list(json.loads(result.output)["hosts"]) == ["g1", "c1"]
+
+
+def test_inventory_missing_retry_file(inventory, tmp_path):
+    result = invoke("inventory", inventory, "--limit", f"@{tmp_path}/none.retry")
+    assert result.exit_code == EXIT_USAGE
+    assert "cannot read retry file" in result.output
+
+
+def test_inventory_unknown_limit(inventory):
+    result = invoke("inventory", inventory, "--limit", "gpus,empty")
+    assert result.exit_code == EXIT_USAGE
+    assert "2 problem(s) in the inventory" in result.output
+    assert "no host or group named 'gpus' (did you mean 'gpu'?)" in result.output
+    assert "group 'empty' has no hosts" in result.output
+
+
+def test_inventory_errors_are_all_listed_with_exit_code_2(tmp_path):
+    path = tmp_path / "bad.yml"
+    path.write_text("all:\n  hosts:\n    n1: {address: 10.0.0.1, port: 0}\n"
+                    "    n2: {address: 10.0.0.2, gpus: -1}\n")
+    result = invoke("inventory", path)
+    assert result.exit_code == EXIT_USAGE
+    assert "error: 2 problem(s) in the inventory:" in result.output
+    assert f"{path}:3: port: must be a port number 1-65535, got 0" in result.output
+    assert f"{path}:4: gpus: must be at least 0, got -1" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_inventory_missing_file(tmp_path):
+    result = invoke("inventory", tmp_path / "nope.yml")
+    assert result.exit_code == EXIT_USAGE
+    assert f"{tmp_path / 'nope.yml'}: cannot read inventory" in result.output
+
+
+def test_inventory_role_arguments_are_type_checked(tmp_path):
+    # The inventory command knows the shipped roles' arguments, so their types are checked too.
+    from provision.setup import known_settings
+    known = known_settings()
+    name, setting = next((n, s) for n, s in known.items() if s.type == "str"
+                         and s.choices is None and n not in ("master",))
+    path = tmp_path / "roles.yml"
+    path.write_text(f"all:\n  vars:\n    {name}: 5\n  hosts:\n    n1: {{address: 10.0.0.1}}\n")
+    result = invoke("inventory", path)
+    assert result.exit_code == EXIT_USAGE
+    assert f"{path}:3: {name}: must be a string, got int 5" in result.output
+
+
+def test_unknown_command():
+    result = invoke("inventroy")
+    assert result.exit_code == 2
+    assert "No such command 'inventroy'" in result.output

@@ -1,0 +1,459 @@
+"""load_inventory and Inventory.select: the Ansible shape, precedence, aliases and every check."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from provision.errors import InventoryError
+from provision.inventory import load_inventory
+
+
+@pytest.fixture(autouse=True)
+def no_user_ssh_config(tmp_path, monkeypatch):
+    """The inventory consults ~/.ssh/config; keep the developer's own out of the tests."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def write(tmp_path):
+    def write(text: str, name: str = "inventory.yml"):
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(text).lstrip("\n"))
+        return path
+    return write
+
+
+def problems(path) -> list[str]:
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path)
+    return info.value.problems
+
+
+NESTED = """
+all:
+  vars:
+    level: all
+    from_all: 1
+    user: deploy
+  hosts:
+    bastion.example.com:
+  children:
+    dc1:
+      vars:
+        level: dc1
+        from_dc1: 1
+      children:
+        rack1:
+          vars:
+            level: rack1
+            from_rack1: 1
+          children:
+            gpu:
+              vars:
+                level: gpu
+              hosts:
+                g1:
+                  ansible_host: 10.0.0.11
+                  level: host
+                g2:
+                  ansible_host: 10.0.0.12
+    cpu:
+      hosts:
+        c1:
+          address: 10.0.1.1
+"""
+
+
+def test_nested_children_to_depth_three(write):
+    inv = load_inventory(write(NESTED))
+    assert list(inv.hosts) == ["bastion.example.com", "g1", "g2", "c1"]
+    assert inv.groups["gpu"].hosts == ["g1", "g2"]
+    assert inv.groups["rack1"].hosts == ["g1", "g2"]
+    assert inv.groups["dc1"].hosts == ["g1", "g2"]
+    assert inv.groups["dc1"].children == ["rack1"]
+    assert inv.groups["all"].hosts == ["bastion.example.com", "g1", "g2", "c1"]
+    assert inv.groups["all"].children == ["dc1", "cpu"]
+    assert (inv.groups["dc1"].depth, inv.groups["rack1"].depth, inv.groups["gpu"].depth) == (1, 2, 3)
+    assert inv.hosts["g1"].groups == ("all", "dc1", "rack1", "gpu")
+    assert inv.hosts["c1"].groups == ("all", "cpu")
+
+
+def test_precedence_all_then_outer_then_inner_group_then_host(write):
+    inv = load_inventory(write(NESTED))
+    g1, g2, c1 = inv.hosts["g1"], inv.hosts["g2"], inv.hosts["c1"]
+    assert g1.vars["level"] == "host"
+    assert g2.vars["level"] == "gpu"
+    assert c1.vars["level"] == "all"
+    assert inv.hosts["bastion.example.com"].vars["level"] == "all"
+    assert {k: g2.vars[k] for k in ("from_all", "from_dc1", "from_rack1")} == \
+        {"from_all": 1, "from_dc1": 1, "from_rack1": 1}
+    assert "from_dc1" not in c1.vars
+    assert g1.user == c1.user == "deploy"
+
+
+def test_host_without_dots_uses_its_name_when_it_is_an_address(write):
+    inv = load_inventory(write(NESTED))
+    assert inv.hosts["bastion.example.com"].address == "bastion.example.com"
+    assert inv.hosts["g1"].address == "10.0.0.11"
+
+
+def test_siblings_at_the_same_depth_merge_by_group_name(write):
+    # Ansible: groups at one depth are applied in name order, so the later name wins,
+    # whatever order the file lists them in.
+    inv = load_inventory(write("""
+        all:
+          children:
+            zeta:
+              vars: {colour: zeta, only_zeta: z}
+              hosts:
+                h1: {address: 10.0.0.1}
+            alpha:
+              vars: {colour: alpha, only_alpha: a}
+              hosts:
+                h1:
+                h2: {address: 10.0.0.2}
+            beta:
+              vars: {colour: beta}
+              hosts:
+                h2:
+    """))
+    assert inv.hosts["h1"].vars["colour"] == "zeta"
+    assert inv.hosts["h1"].vars["only_zeta"] == "z" and inv.hosts["h1"].vars["only_alpha"] == "a"
+    assert inv.hosts["h2"].vars["colour"] == "beta"
+    assert inv.hosts["h1"].groups == ("all", "alpha", "zeta")
+
+
+def test_deeper_group_beats_shallower_one_with_a_later_name(write):
+    inv = load_inventory(write("""
+        all:
+          children:
+            zz_top:
+              vars: {v: top}
+              children:
+                aa_inner:
+                  vars: {v: inner}
+                  hosts:
+                    h1: {address: 10.0.0.1}
+    """))
+    assert inv.hosts["h1"].vars["v"] == "inner"
+
+
+def test_ansible_aliases(write):
+    inv = load_inventory(write("""
+        all:
+          hosts:
+            n1:
+              ansible_host: 192.0.2.7
+              ansible_user: ubuntu
+              ansible_port: 2222
+              ansible_ssh_private_key_file: /keys/id ed25519
+              ansible_become: true
+            n2:
+              address: 192.0.2.8
+    """))
+    n1, n2 = inv.hosts["n1"], inv.hosts["n2"]
+    assert (n1.address, n1.user, n1.port, n1.key_file, n1.become) == \
+        ("192.0.2.7", "ubuntu", 2222, "/keys/id ed25519", True)
+    assert n1.vars["address"] == "192.0.2.7" and "ansible_host" not in n1.vars
+    assert (n2.port, n2.user, n2.key_file, n2.become) == (22, None, None, False)
+
+
+def test_alias_and_own_name_both_set(write):
+    found = problems(write("""
+        all:
+          hosts:
+            n1: {ansible_host: 10.0.0.1, address: 10.0.0.2}
+    """))
+    assert len(found) == 1 and "address and its alias both set 'address'" in found[0]
+
+
+def test_unknown_vars_are_kept_and_other_ansible_vars_ignored_quietly(write):
+    inv = load_inventory(write("""
+        all:
+          vars:
+            foo: bar
+            ansible_python_interpreter: /usr/bin/python3
+          hosts:
+            n1: {address: 10.0.0.1, nested: {a: [1, 2]}}
+    """))
+    assert inv.hosts["n1"].vars["foo"] == "bar"
+    assert inv.hosts["n1"].vars["nested"] == {"a": [1, 2]}
+    assert inv.hosts["n1"].vars["ansible_python_interpreter"] == "/usr/bin/python3"
+
+
+def test_typo_of_a_known_setting_is_an_error_with_a_hint(write):
+    path = write("""
+        all:
+          hosts:
+            n1:
+              address: 10.0.0.1
+              ssh_kye: /k
+    """)
+    found = problems(path)
+    assert found == [f"{path}:5: unknown setting 'ssh_kye' (did you mean 'ssh_key'?)"]
+
+
+def test_all_problems_reported_at_once_with_file_line_and_key(write):
+    path = write("""
+        all:
+          hosts:
+            n1:
+              address: 10.0.0.1
+              port: 0
+            n2:
+              address: 10.0.0.2
+              port: 70000
+              gpus: -1
+            n3:
+              address: 10.0.0.3
+              gpus: "8"
+    """)
+    found = problems(path)
+    assert found == [
+        f"{path}:5: port: must be a port number 1-65535, got 0",
+        f"{path}:8: port: must be a port number 1-65535, got 70000",
+        f"{path}:9: gpus: must be at least 0, got -1",
+        f"{path}:12: gpus: must be an integer, got '8'",
+    ]
+
+
+def test_errors_in_group_vars_name_the_alias_used(write):
+    path = write("""
+        all:
+          vars:
+            ansible_port: "22"
+          children:
+            g:
+              vars:
+                ansible_user: "root; rm -rf /"
+              hosts:
+                n1.example.com:
+    """)
+    found = problems(path)
+    assert f"{path}:3: ansible_port: must be an integer, got '22'" in found
+    assert any(p.startswith(f"{path}:7: ansible_user: must be a POSIX user name") for p in found)
+    assert len(found) == 2
+
+
+def test_duplicate_key_in_a_mapping(write):
+    path = write("""
+        all:
+          hosts:
+            n1:
+              address: 10.0.0.1
+              address: 10.0.0.9
+    """)
+    assert problems(path) == [f"{path}:5: n1 vars: duplicate key 'address' (first at line 4)"]
+
+
+def test_duplicate_host_in_one_group(write):
+    path = write("""
+        all:
+          hosts:
+            n1: {address: 10.0.0.1}
+            n1: {address: 10.0.0.1}
+    """)
+    found = problems(path)
+    assert len(found) == 1 and found[0].startswith(f"{path}:4: all.hosts: duplicate key 'n1'")
+
+
+def test_host_vars_set_twice_with_different_values(write):
+    path = write("""
+        all:
+          children:
+            a:
+              hosts:
+                n1: {address: 10.0.0.1, port: 22}
+            b:
+              hosts:
+                n1: {port: 2222}
+    """)
+    found = problems(path)
+    assert len(found) == 1
+    assert found[0].startswith(f"{path}:5: host 'n1' var 'port' is set twice")
+    assert "different values (22 and 2222)" in found[0]
+
+
+def test_same_host_vars_repeated_identically_is_fine(write):
+    inv = load_inventory(write("""
+        all:
+          children:
+            a:
+              hosts:
+                n1: {address: 10.0.0.1, port: 2200}
+            b:
+              hosts:
+                n1: {port: 2200}
+    """))
+    assert inv.hosts["n1"].port == 2200 and inv.hosts["n1"].groups == ("all", "a", "b")
+
+
+def test_two_hosts_at_one_address_and_port(write):
+    path = write("""
+        all:
+          hosts:
+            n1: {address: 10.0.0.1}
+            n2: {address: 10.0.0.1}
+            n3: {address: 10.0.0.1, port: 2222}
+    """)
+    assert problems(path) == [f"{path}:4: hosts 'n1' and 'n2' both point at 10.0.0.1:22"]
+
+
+def test_malformed_yaml_names_the_line(write):
+    path = write("""
+        all:
+          hosts:
+            n1: {address: 10.0.0.1
+            n2: {}
+    """)
+    found = problems(path)
+    assert len(found) == 1
+    assert found[0].startswith(f"{path}:4: malformed YAML:")
+
+
+def test_empty_file(write):
+    path = write("")
+    assert problems(path) == [f"{path}: inventory is empty; expected 'all:' with 'hosts:'"]
+
+
+def test_file_without_hosts(write):
+    path = write("all:\n  vars: {foo: 1}\n")
+    assert problems(path) == [f"{path}: no hosts defined; expected 'all:' with 'hosts:'"]
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.yml"
+    assert problems(path) == [f"{path}: cannot read inventory: No such file or directory"]
+
+
+def test_top_level_must_be_a_mapping(write):
+    path = write("- a\n- b\n")
+    assert problems(path) == [f"{path}:1: inventory must be a mapping"]
+
+
+def test_unknown_group_key_has_a_hint(write):
+    path = write("""
+        all:
+          host:
+            n1: {address: 10.0.0.1}
+    """)
+    found = problems(path)
+    assert found[0] == f"{path}:2: group 'all': unknown key 'host' (did you mean 'hosts'?)"
+
+
+def test_host_without_address(write):
+    path = write("""
+        all:
+          hosts:
+            gpu01:
+            gpu02: {ansible_host: 10.0.0.2}
+    """)
+    found = problems(path)
+    assert len(found) == 1
+    assert found[0].startswith(f"{path}:3: host 'gpu01' has no address")
+    assert "ansible_host" in found[0]
+
+
+def test_host_address_from_ssh_config(write, no_user_ssh_config):
+    ssh = no_user_ssh_config / ".ssh"
+    ssh.mkdir()
+    (ssh / "config").write_text("Host gpu01\n  HostName 198.51.100.4\n")
+    inv = load_inventory(write("all:\n  hosts:\n    gpu01:\n"))
+    assert inv.hosts["gpu01"].address == "198.51.100.4"
+
+
+HOSTILE = ["; rm -rf /", "$(id)", "`id`", "a'b", 'a"b', "a b", "a\nb"]
+
+
+@pytest.mark.parametrize("bad", HOSTILE)
+def test_hostile_host_names_are_rejected(write, bad):
+
+    path = write(f"all:\n  hosts:\n    {json.dumps(bad)}: {{address: 10.0.0.1}}\n")
+    found = problems(path)
+    assert any(f"host name {bad!r} is not valid" in p for p in found), found
+
+
+@pytest.mark.parametrize("bad", HOSTILE)
+@pytest.mark.parametrize("field,message", [
+    ("ansible_host", "must be a host name or IP address"),
+    ("address", "must be a host name or IP address"),
+    ("ansible_user", "must be a POSIX user name"),
+    ("user", "must be a POSIX user name"),
+])
+def test_hostile_addresses_and_users_are_rejected(write, bad, field, message):
+
+    path = write(f"all:\n  hosts:\n    n1.example.com:\n      {field}: {json.dumps(bad)}\n")
+    found = problems(path)
+    assert found == [f"{path}:4: {field}: {message}, got {bad!r}"]
+
+
+@pytest.mark.parametrize("bad", HOSTILE)
+def test_hostile_group_names_are_rejected(write, bad):
+
+    top = write(f"{json.dumps(bad)}:\n  hosts:\n    n1: {{address: 10.0.0.1}}\n", "top.yml")
+    assert any(f"group name {bad!r} is not valid" in p for p in problems(top))
+    child = write(f"all:\n  children:\n    {json.dumps(bad)}:\n      hosts:\n"
+                  f"        n1: {{address: 10.0.0.1}}\n", "child.yml")
+    assert any(f"group name {bad!r} is not valid" in p for p in problems(child))
+
+
+@pytest.mark.parametrize("bad", HOSTILE)
+def test_hostile_free_form_vars_are_kept_verbatim(write, bad):
+
+    inv = load_inventory(write(f"all:\n  vars:\n    motd: {json.dumps(bad)}\n  hosts:\n"
+                               f"    n1: {{address: 10.0.0.1, note: {json.dumps(bad)}}}\n"))
+    assert inv.hosts["n1"].vars["motd"] == bad
+    assert inv.hosts["n1"].vars["note"] == bad
+
+
+SELECT = """
+all:
+  hosts:
+    head: {address: 10.0.0.1}
+  children:
+    gpu:
+      hosts:
+        g2: {address: 10.0.0.3}
+        g1: {address: 10.0.0.2}
+    cpu:
+      hosts:
+        c1: {address: 10.0.0.4}
+    spare:
+"""
+
+
+def test_select_everything_by_default(write):
+    inv = load_inventory(write(SELECT))
+    assert [h.name for h in inv.select(None)] == ["head", "g2", "g1", "c1"]
+    assert [h.name for h in inv.select("")] == ["head", "g2", "g1", "c1"]
+
+
+def test_select_hosts_and_groups_in_inventory_order(write):
+    inv = load_inventory(write(SELECT))
+    assert [h.name for h in inv.select("c1, gpu")] == ["g2", "g1", "c1"]
+    assert [h.name for h in inv.select("g1,head,g1")] == ["head", "g1"]
+    assert [h.name for h in inv.select("all")] == ["head", "g2", "g1", "c1"]
+
+
+def test_select_unknown_names_all_reported_with_hints(write):
+    inv = load_inventory(write(SELECT))
+    with pytest.raises(InventoryError) as info:
+        inv.select("gpus,g1,nothing-like-it")
+    assert info.value.problems == [
+        "--limit: no host or group named 'gpus' (did you mean 'gpu'?)",
+        "--limit: no host or group named 'nothing-like-it'",
+    ]
+
+
+def test_select_empty_group(write):
+    inv = load_inventory(write(SELECT))
+    assert inv.groups["spare"].hosts == []
+    with pytest.raises(InventoryError) as info:
+        inv.select("spare")
+    assert info.value.problems == ["--limit: group 'spare' has no hosts"]
