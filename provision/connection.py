@@ -187,8 +187,9 @@ class HostConnection:
 
     # -- running ----------------------------------------------------------------------------
     def start(self, command: str | list[str], *, sudo: bool = False,
-              stdin: bytes | None = None) -> "RemoteProcess":
-        """Start a command; the caller reads it with RemoteProcess.wait."""
+              stdin: bytes | None = None, hold_stdin: bool = False) -> "RemoteProcess":
+        """Start a command; the caller reads it with RemoteProcess.wait. With `hold_stdin` the
+        command's stdin stays open until the channel closes (a liveness signal to it)."""
         exec_line = as_command(command)
         if sudo:
             exec_line, stdin = self._with_sudo(exec_line, stdin)
@@ -198,7 +199,8 @@ class HostConnection:
             channel.exec_command(exec_line)
             if stdin:
                 channel.sendall(stdin)
-            channel.shutdown_write()
+            if not hold_stdin:
+                channel.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException) as exc:
             self.close()
             raise HostUnreachable(f"{self.host.name}: connection lost: {exc or 'closed'}") \

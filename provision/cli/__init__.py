@@ -177,12 +177,6 @@ def exec_cmd(inventory: str, command: tuple[str, ...], limit, forks, sudo, timeo
     finish(inv, results, as_json)
 
 
-def _register() -> None:
-    from provision.cli.lab_cmd import lab
-    main.add_command(lab)
-
-
-_register()
 
 
 @main.command("setup")
@@ -228,3 +222,13 @@ def setup_cmd(inventory, limit, forks, check, diff, tags, role_names, roles_dir,
         lambda sessions, by_host: run_cluster_checks(sessions, by_host, inv, roles, run_options,
                                                      listener))
     finish(inv, results, as_json)
+
+
+def _register() -> None:
+    from provision.cli.lab_cmd import lab
+    from provision.cli.train_cmd import train_cmd
+    main.add_command(lab)
+    main.add_command(train_cmd)
+
+
+_register()

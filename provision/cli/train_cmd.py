@@ -1,0 +1,182 @@
+"""`provision train`: plan, check, stage, launch, stream, tear down, summarise."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import secrets
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import click
+
+from provision.cli import (connect_options, emit, fail, open_inventory, ssh_options,
+                           ssh_settings)
+from provision.connection import HostConnection
+from provision.errors import HostUnreachable, ProvisionError
+from provision.runner import HostSession
+from provision.train import build_train_config, node_command
+from provision.train.launch import Job, JobResult, write_summary
+from provision.train.prelaunch import DEFAULT_MAX_SKEW_MS, check_nodes
+from provision.train.staging import plan_staging, stage
+
+DEFAULT_RUN_DIR = "/tmp/provision-runs"
+
+
+def new_run_id() -> str:
+    return datetime.datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def default_python(host_vars: dict) -> str:
+    prefix = host_vars.get("conda_prefix", "/opt/miniconda3")
+    return f"{prefix}/envs/{host_vars.get('conda_env_name', 'train')}/bin/python"
+
+
+def line_printer(width: int, colour: bool):
+    def sink(host: str, rank: int, stream: str, line: str) -> None:
+        prefix = f"{host}[{rank}]".ljust(width)
+        if colour:
+            prefix = click.style(prefix, fg=("cyan", "green", "yellow", "magenta", "blue")[rank % 5])
+        emit(f"{prefix} | {line}", err=stream == "stderr")
+    return sink
+
+
+def report(result: JobResult) -> None:
+    if result.root_cause is not None:
+        cause = result.root_cause
+        what = (f"lost its connection ({cause.lost})" if cause.lost
+                else f"exited with code {cause.exit_code}")
+        worker = cause.worker_failure()
+        if worker is not None:
+            what += f": worker rank {worker[0]} exited with code {worker[1]}"
+        emit(click.style(f"ROOT CAUSE: {cause.host} (node rank {cause.rank}) {what}",
+                         fg="red", bold=True), err=True)
+        for line in list(cause.tail)[-10:]:
+            emit(f"    {cause.host} | {line}", err=True)
+    elif result.interrupted:
+        emit(click.style("interrupted: the job was stopped on every node", fg="yellow"), err=True)
+    for node in result.nodes:
+        if node is result.root_cause:
+            continue
+        if node.lost:
+            state = f"connection lost: {node.lost}"
+        elif node.stopped_by_teardown:
+            state = "stopped by teardown"
+        else:
+            state = f"exit code {node.exit_code}"
+        emit(f"{node.host} (node rank {node.rank}): {state}", err=result.exit_code != 0)
+    if result.teardown_seconds is not None:
+        left = {n.host: n.survivors for n in result.nodes if n.survivors}
+        unknown = [n.host for n in result.nodes if n.survivors is None and not n.lost
+                   and n.stopped_by_teardown]
+        emit(f"teardown took {result.teardown_seconds:.1f} s; "
+             + (f"processes LEFT: {left}" if left else "no process of the job is left")
+             + (f"; could not check {', '.join(unknown)}" if unknown else ""), err=True)
+
+
+@click.command("train", context_settings={"ignore_unknown_options": True})
+@click.argument("script", type=click.Path(dir_okay=False))
+@click.argument("script_args", nargs=-1, type=click.UNPROCESSED)
+@click.option("--inventory", "-i", default="inventory.yaml", show_default=True,
+              type=click.Path(), help="Inventory file.")
+@ssh_options
+@click.option("--group", "-g", help="Training hosts [default: group 'training' if the "
+                                    "inventory has it, else all hosts].")
+@click.option("--nproc-per-node", type=click.IntRange(1),
+              help="Workers per node [default: the host's gpus, 1 for CPU-only hosts].")
+@click.option("--rdzv", type=click.Choice(["static", "c10d"]), default="static",
+              show_default=True, help="torchrun rendezvous: static master or c10d.")
+@click.option("--env", "-e", "env", multiple=True, metavar="K=V",
+              help="Environment variable for every worker (repeatable).")
+@click.option("--forward-env", multiple=True, metavar="GLOB",
+              help="Forward the controller's variables matching GLOB, e.g. 'NCCL_*'.")
+@click.option("--sync", "sync_dir", type=click.Path(file_okay=False, exists=True),
+              help="Keep this directory (containing the script) in step on every node.")
+@click.option("--python", help="Python on the nodes [default: the conda env from setup].")
+@click.option("--grace", default=3.0, show_default=True, type=click.FloatRange(0),
+              help="Seconds between TERM and KILL when the job is torn down.")
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Where each run's logs and summary.json go.")
+@click.option("--dry-run", is_flag=True, help="Check the nodes and print each node's argv, "
+                                               "directory and environment; launch nothing.")
+def train_cmd(script, script_args, inventory, limit, forks, group, nproc_per_node, rdzv, env,
+              forward_env, sync_dir, python, grace, runs_dir, dry_run, **kwargs) -> None:
+    """Run a script with torchrun on every training node (exit code: the job's)."""
+    from provision.setup import known_settings
+    ssh = ssh_settings(kwargs)
+    inv, hosts = open_inventory(inventory, limit, known_settings())
+    if group is None:
+        group = "training" if "training" in inv.groups else None
+    run_id = new_run_id()
+    try:
+        first = next(h for h in hosts if group in (None, "all") or group in h.groups)
+    except StopIteration:
+        fail(f"no training hosts in {'the inventory' if group is None else 'group ' + group}")
+    run_dir = f"{first.vars.get('train_run_dir', DEFAULT_RUN_DIR)}/{run_id}"
+    try:
+        staging = plan_staging(Path(script), Path(sync_dir) if sync_dir else None,
+                               first.vars.get("nfs_mount_point"), run_dir)
+        config = build_train_config(
+            hosts, script=staging.script, script_args=script_args, group=group,
+            nproc_per_node=nproc_per_node, rdzv=rdzv, env_overrides=env,
+            forward_env=forward_env, controller_environ=dict(os.environ), run_id=run_id,
+            python=python or default_python(first.vars), workdir=staging.workdir)
+    except ProvisionError as exc:
+        fail(str(exc))
+    options = connect_options(ssh, config.nodes)
+    sessions = {n.name: HostSession(HostConnection(n, options)) for n in config.nodes}
+    try:
+        code = _run(config, sessions, staging, dry_run, grace, Path(runs_dir), inv.path)
+    except HostUnreachable as exc:
+        fail(f"{exc}", 4)
+    except KeyboardInterrupt:
+        fail("interrupted before launch; nothing was started", 130)
+    finally:
+        for session in sessions.values():
+            session.connection.close()
+    raise SystemExit(code)
+
+
+def _run(config, sessions, staging, dry_run, grace, runs_dir: Path, inventory: Path) -> int:
+    max_skew = float(config.master.vars.get("ntp_max_skew_ms", DEFAULT_MAX_SKEW_MS))
+    reports = check_nodes(sessions, config, staging.source is None, max_skew)
+    commands = {n.name: node_command(config, n, reports[n.name].ifname) for n in config.nodes}
+    problems = [(name, p) for name, r in reports.items() for p in r.problems]
+    if dry_run:
+        for node in config.nodes:
+            command = commands[node.name]
+            emit(f"# {node.name} (node rank {config.node_rank(node)}), in {command.cwd}")
+            for key, value in sorted(command.env.items()):
+                emit(f"  {key}={value}")
+            emit("  " + " ".join(command.argv))
+    if problems:
+        for name, problem in problems:
+            emit(click.style(f"{name}: ", fg="red") + problem, err=True)
+        emit(f"not launching: {len(problems)} problem(s) on "
+             f"{len({n for n, _ in problems})} node(s)", err=True)
+        return 2
+    if dry_run:
+        return 0
+    if staging.source is not None:
+        with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
+            list(pool.map(lambda s: stage(s, staging), sessions.values()))
+    log_dir = runs_dir / config.run_id
+    width = max(len(f"{n.name}[{config.node_rank(n)}]") for n in config.nodes)
+    job = Job(config, sessions, commands, log_dir, line_printer(width, sys.stdout.isatty()),
+              grace)
+    emit(f"run {config.run_id}: {len(config.nodes)} node(s), master "
+         f"{config.master.address}:{config.master_port}, logs in {log_dir}", err=True)
+    previous = {sig: signal.signal(sig, lambda *_: job.interrupt())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = job.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    write_summary(result, log_dir / "summary.json", sys.argv,
+                  hashlib.sha256(inventory.read_bytes()).hexdigest(), config)
+    report(result)
+    return result.exit_code

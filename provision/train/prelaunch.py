@@ -1,0 +1,156 @@
+"""Checks before a launch, so a mistake is a message naming the node and the fix instead of a
+rendezvous that hangs for 15 minutes: one batched round trip per node, plus one port probe."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from provision.facts.base import Fact
+from provision.facts.files import PathState
+from provision.facts.net import PortFree, RouteInterface
+from provision.runner import HostSession
+from provision.train.config import TrainConfig
+
+# Written by the conda role, last, in the environment's prefix.
+LOCK_MARKER = ".provision-lock-sha256"
+DEFAULT_MAX_SKEW_MS = 500.0
+
+
+@dataclass(frozen=True)
+class RemoteClock(Fact):
+    def command(self) -> str:
+        return "date +%s.%N"
+
+    def parse(self, stdout: str, rc: int) -> float:
+        return float(stdout.strip())
+
+
+@dataclass(frozen=True)
+class Executable(Fact):
+    path: str
+
+    def command(self) -> str:
+        return f"test -x {shlex.quote(self.path)}"
+
+    def parse(self, stdout: str, rc: int) -> bool:
+        return rc == 0
+
+
+@dataclass
+class NodeReport:
+    host: str
+    ifname: str | None = None
+    lock_hash: str | None = None
+    clock_offset: float = 0.0       # seconds, relative to the controller
+    clock_error: float = 0.0        # half the round trip: the offset's uncertainty
+    problems: list[str] = field(default_factory=list)
+
+
+def env_prefix(python: str) -> str:
+    return os.path.dirname(os.path.dirname(python))
+
+
+def _inspect(session: HostSession, config: TrainConfig, script_in_place: bool) -> NodeReport:
+    host = session.connection.host
+    report = NodeReport(host.name)
+    marker = os.path.join(env_prefix(config.python), LOCK_MARKER)
+    facts: list[Fact] = [RemoteClock(), RouteInterface(config.master.address),
+                         Executable(config.python), PathState(marker, True)]
+    if host.name == config.master.name:
+        facts.append(PortFree(config.master_port))
+    if script_in_place:
+        facts.append(PathState(config.script))
+    sent = time.time()
+    values = session.gather(facts)
+    received = time.time()
+    report.clock_offset = values[RemoteClock()] - (sent + received) / 2
+    report.clock_error = (received - sent) / 2
+    report.ifname = values[RouteInterface(config.master.address)]
+    if report.ifname is None:
+        report.problems.append(f"no route to the master {config.master.name} "
+                               f"({config.master.address}): check the network or set master")
+    if not values[Executable(config.python)]:
+        report.problems.append(f"{config.python} does not exist: run `provision setup` "
+                               "(conda role) or pass --python")
+    lock = values[PathState(marker, True)]
+    if lock is None or lock.content is None:
+        report.problems.append(f"the training environment has no lock marker ({marker}): its "
+                               "creation did not finish; run `provision setup --tags conda`")
+    else:
+        report.lock_hash = lock.content.decode().strip()
+    if PortFree(config.master_port) in values and not values[PortFree(config.master_port)]:
+        report.problems.append(f"rendezvous port {config.master_port} is already in use on the "
+                               "master (another job?): stop it or set rendezvous_port")
+    if script_in_place and values[PathState(config.script)] is None:
+        report.problems.append(f"{config.script} is not on this node's shared mount")
+    return report
+
+
+PROBE_LISTEN = ("import socket,sys\n"
+                "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+                "s.bind(('', int(sys.argv[1]))); s.listen(64); s.settimeout(10)\n"
+                "print('listening', flush=True)\n"
+                "for _ in range(int(sys.argv[2])):\n"
+                "    s.accept()[0].close()\n")
+PROBE_CONNECT = ("import socket,sys\n"
+                 "socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n")
+
+
+def _probe_port(sessions: dict[str, HostSession], config: TrainConfig,
+                reports: dict[str, NodeReport]) -> None:
+    """Listen on the master's rendezvous port and connect to it from every other node: what a
+    firewall blocks shows up here, not as a hang after launch."""
+    others = [n.name for n in config.nodes if n.name != config.master.name]
+    master = sessions[config.master.name]
+    listener = master.connection.start(
+        [config.python, "-c", PROBE_LISTEN, str(config.master_port), str(len(others))])
+    started = listener.channel.recv(64)
+    if b"listening" not in started:
+        result = listener.wait(10)
+        reports[config.master.name].problems.append(
+            f"cannot listen on port {config.master_port}: {result.describe_failure()}")
+        return
+
+    def connect(name: str) -> None:
+        result = sessions[name].run([config.python, "-c", PROBE_CONNECT, config.master.address,
+                                     str(config.master_port)], timeout=10)
+        if not result.ok:
+            reports[name].problems.append(
+                f"cannot connect to the master {config.master.name} at "
+                f"{config.master.address}:{config.master_port} (a firewall?): run "
+                "`provision setup --tags firewall`, or open the port to this node")
+
+    with ThreadPoolExecutor(max_workers=len(others)) as pool:
+        list(pool.map(connect, others))
+    listener.channel.close()
+
+
+def check_nodes(sessions: dict[str, HostSession], config: TrainConfig, script_in_place: bool,
+                max_skew_ms: float = DEFAULT_MAX_SKEW_MS) -> dict[str, NodeReport]:
+    """Every node's report; an unreachable node raises HostUnreachable naming it."""
+    with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
+        futures = {name: pool.submit(_inspect, s, config, script_in_place)
+                   for name, s in sessions.items()}
+        reports = {name: future.result() for name, future in futures.items()}
+    hashes = {r.lock_hash for r in reports.values() if r.lock_hash}
+    if len(hashes) > 1:
+        for report in reports.values():
+            report.problems.append(
+                f"training environments differ between nodes (lock {report.lock_hash}): "
+                "run `provision setup --tags conda` so every node has the same lock")
+    offsets = {name: r.clock_offset for name, r in reports.items()}
+    spread = (max(offsets.values()) - min(offsets.values())) * 1000
+    slack = max(r.clock_error for r in reports.values()) * 2000
+    if spread - slack > max_skew_ms:
+        for name, report in reports.items():
+            report.problems.append(
+                f"clock {offsets[name] * 1000:+.0f} ms from the controller; nodes differ by "
+                f"{spread:.0f} ms (limit {max_skew_ms:g} ms): run `provision setup --tags ntp`")
+    if len(config.nodes) > 1 and not any(r.problems for r in reports.values()):
+        _probe_port(sessions, config, reports)
+    return reports
+
