@@ -337,7 +337,9 @@ class Lab:
             "hostname": host.name,
             "overlays": [[d, str(directory / "layers" / d[1:] / "upper"),
                           str(directory / "layers" / d[1:] / "work")] for d in OVERLAY_DIRS],
-            "lab_dir": str(self.dir.resolve()),
+            # The controller's Python environment stays usable in the hosts (the tests run
+            # torchrun from it), wherever the checkout lies.
+            "visible": [str(self.dir.resolve()), os.path.realpath(sys.prefix)],
             "binds": [[str(directory / "srv"), "/srv"], [str(directory / "mnt"), "/mnt"],
                       [str(self.dir), MOUNT_IN_HOST]],
             "hosts_json": str(self.hosts_json_path),

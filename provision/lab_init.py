@@ -56,9 +56,10 @@ def write_file(path: str, text: str, mode: int) -> None:
 
 
 def build_filesystem(config: dict) -> None:
-    # Held open so the lab dir can be mounted back at its own path if a tmpfs or bind mount
-    # below hides it (a checkout under /tmp, say): sshd and the binds below read files in it.
-    lab_dir = os.open(config["lab_dir"], os.O_PATH | os.O_DIRECTORY)
+    # Held open so these directories can be mounted back at their own paths if a tmpfs or bind
+    # mount below hides them (a checkout under /tmp, say): sshd and the binds below read the lab
+    # dir, and the hosts run the controller's Python environment.
+    visible = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in config["visible"]}
     for target, upper, work in config["overlays"]:
         os.makedirs(upper, exist_ok=True)
         os.makedirs(work, exist_ok=True)
@@ -70,10 +71,11 @@ def build_filesystem(config: dict) -> None:
     mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     for target, mode in (("/run", "0755"), ("/tmp", "1777"), ("/dev/shm", "1777")):
         mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={mode}")
-    if not os.path.isdir(os.path.join(config["lab_dir"], "hosts")):
-        os.makedirs(config["lab_dir"], exist_ok=True)
-        mount(f"/proc/self/fd/{lab_dir}", config["lab_dir"], None, MS_BIND)
-    os.close(lab_dir)
+    for path, fd in visible.items():
+        if not os.path.exists(path) or not os.path.samestat(os.stat(fd), os.stat(path)):
+            os.makedirs(path, exist_ok=True)
+            mount(f"/proc/self/fd/{fd}", path, None, MS_BIND)
+        os.close(fd)
     for source, target in config["binds"]:
         os.makedirs(target, exist_ok=True)
         mount(source, target, None, MS_BIND)

@@ -8,6 +8,7 @@ but fact gathering runs.
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -38,11 +39,18 @@ def template_variables(inventory: Inventory, host: Host, role: Role | None) -> d
 
 
 class HostSession:
-    """A host's connection plus the round-trip count the benchmarks report."""
+    """A host's connection, what this run learned and did on it, and the round-trip count the
+    benchmarks report. Cross-host checks read `facts` and `tasks` instead of asking again."""
 
     def __init__(self, connection: HostConnection):
         self.connection = connection
         self.round_trips = 0
+        self.facts: dict[Fact, Any] = {}          # the latest value of every fact gathered
+        self.gathered: tuple[float, float] | None = None  # controller time around that batch
+        self.tasks: list[TaskResult] = []         # this run's task results on the host
+
+    def changed(self, role: str) -> bool:
+        return any(t.role == role and t.status is Status.CHANGED for t in self.tasks)
 
     def run(self, command, **kwargs) -> CommandResult:
         self.round_trips += 1
@@ -54,12 +62,16 @@ class HostSession:
         if not unique:
             return {}
         script, marker = batch_script(unique)
+        sent = time.time()
         result = self.run(script)
+        self.gathered = (sent, time.time())
         if marker not in result.stdout:
             # Not even the first fact ran: sudo or the shell itself refused.
             raise ValueError(f"the fact script did not run ({result.describe_failure()})")
         outputs = split_batch_output(result.stdout, marker, len(unique))
-        return {fact: fact.parse(out, rc) for fact, (out, rc) in zip(unique, outputs)}
+        values = {fact: fact.parse(out, rc) for fact, (out, rc) in zip(unique, outputs)}
+        self.facts.update(values)
+        return values
 
 
 def _selected(task: Task, role: Role, tags: frozenset[str]) -> bool:
@@ -177,6 +189,8 @@ def run_on_hosts(hosts: list[Host], options: ConnectOptions, forks: int,
     """
     sessions = {h.name: HostSession(HostConnection(h, options)) for h in hosts}
     results = {h.name: HostResult(h.name) for h in hosts}
+    for name, session in sessions.items():
+        session.tasks = results[name].tasks
 
     def one(host: Host) -> None:
         try:
