@@ -87,7 +87,8 @@ def run_roles(session: HostSession, inventory: Inventory, roles: list[Role],
         results.append(result)
         listener(result)
 
-    bound: list[tuple[Role, Task, dict, HostContext]] = []
+    # (role, task, rendered args or None when its condition is not met, context)
+    bound: list[tuple[Role, Task, dict | None, HostContext]] = []
     for role in roles:
         variables = template_variables(inventory, host, role)
         ctx = HostContext(host, role.path, variables)
@@ -96,8 +97,7 @@ def run_roles(session: HostSession, inventory: Inventory, roles: list[Role],
                 continue
             try:
                 if task.when is not None and not evaluate(task.when, variables):
-                    report(TaskResult(host.name, role.name, task.name, Status.SKIPPED,
-                                      f"condition not met: {task.when}"))
+                    bound.append((role, task, None, ctx))
                     continue
                 args = render(task.args, variables)
             except Exception as exc:  # jinja2 errors name the missing variable
@@ -114,13 +114,22 @@ def run_roles(session: HostSession, inventory: Inventory, roles: list[Role],
     facts: dict[Fact, Any] = {}
     stale = True
     changed: set[tuple[str, str]] = set()
+    failed_roles: set[str] = set()
     for index, (role, task, args, ctx) in enumerate(bound):
+        if role.name in failed_roles:
+            report(TaskResult(host.name, role.name, task.name, Status.SKIPPED,
+                              "an earlier task of this role failed"))
+            continue
+        if args is None:
+            report(TaskResult(host.name, role.name, task.name, Status.SKIPPED,
+                              f"condition not met: {task.when}"))
+            continue
         if task.if_changed and not any((role.name, t) in changed for t in task.if_changed):
             report(TaskResult(host.name, role.name, task.name, Status.SKIPPED,
                               f"none of {', '.join(task.if_changed)} changed"))
             continue
         if stale:
-            wanted = [f for _, t, a, _ in bound[index:] for f in t.op.facts(a)]
+            wanted = [f for _, t, a, _ in bound[index:] if a is not None for f in t.op.facts(a)]
             try:
                 facts = session.gather(wanted)
             except ValueError as exc:
@@ -138,7 +147,10 @@ def run_roles(session: HostSession, inventory: Inventory, roles: list[Role],
             report(TaskResult(host.name, role.name, task.name, Status.SKIPPED, outcome.reason))
         elif isinstance(outcome, Failure):
             report(TaskResult(host.name, role.name, task.name, Status.FAILED, outcome.reason))
-            return
+            if not options.check:
+                return
+            # Checking changes nothing, so the other roles are still worth reading.
+            failed_roles.add(role.name)
         elif isinstance(outcome, Change):
             if not options.check:
                 for command in outcome.commands:

@@ -13,7 +13,8 @@ from pathlib import Path
 import click
 
 from provision import __version__
-from provision.cli.output import emit, host_output, recap, task_line
+from provision.cli.output import (emit, host_output, readiness, readiness_exit_code,
+                                  readiness_table, recap, task_line)
 from provision.connection import SUDO_PASSWORD_ENV, ConnectOptions
 from provision.errors import InventoryError, ProvisionError
 from provision.inventory import Inventory, load_inventory
@@ -179,26 +180,29 @@ def exec_cmd(inventory: str, command: tuple[str, ...], limit, forks, sudo, timeo
 
 
 
-@main.command("setup")
-@click.argument("inventory", type=click.Path())
-@ssh_options
-@click.option("--check", is_flag=True, help="Show what would change; change nothing.")
-@click.option("--diff", is_flag=True, help="Show the changes to files.")
-@click.option("--tags", "-t", help="Run only tasks with these tags or of these roles "
-                                   "(comma-separated).")
-@click.option("--role", "role_names", multiple=True,
-              help="Run only this role (repeatable) [default: every role, in order].")
-@click.option("--roles-dir", type=click.Path(file_okay=False, exists=True),
-              help="Directory of roles [default: the roles shipped with provision].")
-@click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of a recap.")
-def setup_cmd(inventory, limit, forks, check, diff, tags, role_names, roles_dir, as_json,
-              **kwargs) -> None:
-    """Make every host ready for training (idempotent; --check changes nothing)."""
+def role_options(command):
+    """Options of the commands that run roles."""
+    options = [
+        click.option("--tags", "-t", help="Only tasks with these tags or of these roles "
+                                          "(comma-separated)."),
+        click.option("--role", "role_names", multiple=True,
+                     help="Only this role (repeatable) [default: every role, in order]."),
+        click.option("--roles-dir", type=click.Path(file_okay=False, exists=True),
+                     help="Directory of roles [default: the roles shipped with provision]."),
+        click.option("--json", "as_json", is_flag=True,
+                     help="Print a JSON report instead of a recap."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: bool,
+              listener) -> tuple[Inventory, list[HostResult]]:
     from provision.roles import ROLES_DIR, load_role
     from provision.runner import RunOptions, run_cluster_checks, run_roles
     from provision.setup import SETUP_ORDER, known_settings, role_names as available
 
-    ssh = ssh_settings(kwargs)
     directory = Path(roles_dir) if roles_dir else ROLES_DIR
     try:
         names = list(role_names) or [n for n in SETUP_ORDER if n in available(directory)] \
@@ -211,17 +215,53 @@ def setup_cmd(inventory, limit, forks, check, diff, tags, role_names, roles_dir,
     options = connect_options(ssh, hosts)
     run_options = RunOptions(check=check, forks=forks,
                              tags=frozenset(t.strip() for t in (tags or "").split(",") if t.strip()))
-
-    def listener(result: TaskResult) -> None:
-        if not as_json:
-            task_line(result, check, diff)
-
     results = run_on_hosts(
         hosts, options, forks,
         lambda session, out: run_roles(session, inv, roles, run_options, listener, out),
         lambda sessions, by_host: run_cluster_checks(sessions, by_host, inv, roles, run_options,
                                                      listener))
+    return inv, results
+
+
+@main.command("setup")
+@click.argument("inventory", type=click.Path())
+@ssh_options
+@click.option("--check", is_flag=True, help="Show what would change; change nothing.")
+@click.option("--diff", is_flag=True, help="Show the changes to files.")
+@role_options
+def setup_cmd(inventory, limit, forks, check, diff, tags, role_names, roles_dir, as_json,
+              **kwargs) -> None:
+    """Make every host ready for training (idempotent; --check changes nothing)."""
+    def listener(result: TaskResult) -> None:
+        if not as_json:
+            task_line(result, check, diff)
+
+    inv, results = run_setup(inventory, limit, forks, tags, role_names, roles_dir,
+                             ssh_settings(kwargs), check, listener)
     finish(inv, results, as_json)
+
+
+@main.command("check")
+@click.argument("inventory", type=click.Path())
+@ssh_options
+@role_options
+@click.option("--verbose", "-v", is_flag=True, help="Also print every task's result.")
+def check_cmd(inventory, limit, forks, tags, role_names, roles_dir, as_json, verbose,
+              **kwargs) -> None:
+    """Verify every host is ready (changes nothing): a host x role table; exit 3 if not."""
+    def listener(result: TaskResult) -> None:
+        if verbose and not as_json:
+            task_line(result, True, False)
+
+    inv, results = run_setup(inventory, limit, forks, tags, role_names, roles_dir,
+                             ssh_settings(kwargs), True, listener)
+    table = readiness(results)
+    if as_json:
+        click.echo(json.dumps({"ready": table, "hosts": [r.as_dict() for r in results]},
+                              indent=2))
+    else:
+        readiness_table(table)
+    raise SystemExit(readiness_exit_code(results))
 
 
 def _register() -> None:

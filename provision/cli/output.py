@@ -64,3 +64,55 @@ def recap(results: list[HostResult]) -> None:
 
 def is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+def readiness(results: list[HostResult]) -> dict[str, dict[str, str]]:
+    """host -> role -> "ready", "skipped", "not set up: ..." or "FAILED: ..." (from a check run)."""
+    table: dict[str, dict[str, str]] = {}
+    for r in results:
+        row = table.setdefault(r.host, {})
+        if r.unreachable:
+            row["ssh"] = f"UNREACHABLE: {r.unreachable}"
+            continue
+        for role in dict.fromkeys(t.role for t in r.tasks):
+            tasks = [t for t in r.tasks if t.role == role]
+            failed = [t for t in tasks if t.status is Status.FAILED]
+            pending = [t for t in tasks if t.status is Status.CHANGED]
+            if failed:
+                row[role] = f"FAILED: {failed[0].message}"
+            elif pending:
+                row[role] = f"not set up: {len(pending)} to change ({pending[0].task})"
+            elif all(t.status is Status.SKIPPED for t in tasks):
+                row[role] = "skipped"
+            else:
+                row[role] = "ready"
+    return table
+
+
+def readiness_exit_code(results: list[HostResult]) -> int:
+    """0 when every host is ready, 4 if any is unreachable, else 3."""
+    if any(r.unreachable for r in results):
+        return 4
+    if any(t.status in (Status.FAILED, Status.CHANGED) for r in results for t in r.tasks):
+        return 3
+    return 0
+
+
+def readiness_table(table: dict[str, dict[str, str]]) -> None:
+    roles = list(dict.fromkeys(role for row in table.values() for role in row))
+    width = max((len(h) for h in table), default=4)
+    cells = {h: {role: row.get(role, "-").split(":")[0] for role in roles}
+             for h, row in table.items()}
+    widths = {role: max([len(role)] + [len(c[role]) for c in cells.values()]) for role in roles}
+    colour = {"ready": "green", "skipped": "cyan", "FAILED": "red", "not set up": "yellow",
+              "UNREACHABLE": "magenta"}
+    emit("HOST".ljust(width) + "  " + "  ".join(r.ljust(widths[r]) for r in roles))
+    for host, row in cells.items():
+        emit(host.ljust(width) + "  " + "  ".join(
+            click.style(row[r].ljust(widths[r]), fg=colour.get(row[r])) for r in roles))
+    problems = [(h, role, text) for h, row in table.items() for role, text in row.items()
+                if ":" in text]
+    for host, role, text in problems:
+        emit(f"{host} {role}: {text}", err=True)
+    ready = sum(all(c in ("ready", "skipped") for c in row.values()) for row in cells.values())
+    emit(f"{ready}/{len(table)} host(s) ready")

@@ -1,0 +1,205 @@
+"""Miniconda and the training environment: install, create/update from the lock, and compare
+what the environment runs across the training hosts."""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import shlex
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+from provision import conda_installer
+from provision.cluster_checks import cluster_check
+from provision.facts.conda import (
+    LOCK_MARKER,
+    CondaEnv,
+    CondaInstall,
+    VERSIONS_RECORD,
+    VERSIONS_SCRIPT,
+    EnvTorchVersions,
+    EnvVersions,
+)
+from provision.facts.system import Os
+from provision.operations.base import (
+    Change,
+    Command,
+    FactValues,
+    Failure,
+    HostContext,
+    NoChange,
+    operation,
+)
+from provision.plan import Status, TaskResult
+from provision.settings import Setting
+
+DEFAULT_ENV_FILE = Path(__file__).resolve().parents[2] / "environment.yml"
+TRAINING_GROUP = "training"
+PREFIX = Setting("prefix", "abspath", "where Miniconda is installed")
+
+
+def install_script(prefix: str, name: str, sha256: str, update: bool) -> str:
+    """sh script: the installer arrives on stdin, is checked on the host, then run in batch mode."""
+    parent = posixpath.dirname(prefix.rstrip("/")) or "/"
+    installer = f'"$dir"/{shlex.quote(name)}'
+    argv = ["-b", *(["-u"] if update else []), "-p", prefix]
+    return "\n".join([
+        "set -e",
+        f"mkdir -p -- {shlex.quote(parent)}",
+        # Beside the prefix: the space preflight checked, and not a small or noexec /tmp.
+        f"dir=$(mktemp -d {shlex.quote(parent + '/.provision-miniconda.XXXXXX')})",
+        "trap 'rm -rf \"$dir\"' EXIT",
+        f"cat > {installer}",
+        f"if ! printf '%s  %s\\n' {sha256} {installer} | sha256sum -c --status; then",
+        (f"  echo \"refusing to run the Miniconda installer: its sha256 on this host is "
+         f"$(sha256sum < {installer} | cut -d' ' -f1), expected {sha256}\" >&2"),
+        "  exit 1",
+        "fi",
+        f"bash {installer} {shlex.join(argv)}",
+    ]) + "\n"
+
+
+@operation("conda_install",
+           [PREFIX, Setting("version", "str"), Setting("url", "str"), Setting("sha256", "str"),
+            Setting("installer_path", "str")],
+           required=("prefix", "version"), facts=lambda a: [Os(), CondaInstall(a["prefix"])])
+def conda_install(args: dict, facts: FactValues, ctx: HostContext):
+    """Miniconda `version` is installed at `prefix`, from the controller's copy of the installer."""
+    prefix, version = args["prefix"], args["version"]
+    wanted = conda_installer.conda_version(version)
+    info = facts[CondaInstall(prefix)]
+    if info.has_conda and info.conda_version == wanted:
+        return NoChange(f"Miniconda3 {version} (conda {wanted}) is installed at {prefix}")
+    arch = facts[Os()].arch
+    try:
+        sha256 = conda_installer.expected_sha256(args.get("sha256") or "", version, arch)
+        installer = conda_installer.resolve(
+            args.get("installer_path") or "",
+            args.get("url") or conda_installer.official_url(version, arch), sha256)
+    except conda_installer.InstallerError as exc:
+        return Failure(str(exc))
+    # An existing prefix (another conda version, or an interrupted install) is updated in place:
+    # the installer refuses an existing prefix without -u.
+    found = (f" over conda {info.conda_version}" if info.conda_version
+             else " over an incomplete install" if info.exists else "")
+    return Change(f"install Miniconda3 {version} into {prefix}{found}",
+                  (Command(install_script(prefix, installer.name, sha256, info.exists),
+                           stdin=installer.data),))
+
+
+def env_path(prefix: str, name: str) -> str:
+    return f"{prefix.rstrip('/')}/envs/{name}"
+
+
+def env_script(conda: str, path: str, sha256: str, action: str) -> str:
+    """sh script: the lock file arrives on stdin; the marker goes first and comes back last."""
+    p, marker = shlex.quote(path), shlex.quote(f"{path}/{LOCK_MARKER}")
+    record = shlex.quote(f"{path}/{VERSIONS_RECORD}")
+    lock = '"$dir"/environment.yml'   # conda env reads the format from the .yml suffix
+    steps = {"create": [f"{shlex.quote(conda)} env create --file {lock} --prefix {p}"],
+             "recreate": [f"rm -rf -- {p}",
+                          f"{shlex.quote(conda)} env create --file {lock} --prefix {p}"],
+             "update": [f"{shlex.quote(conda)} env update --file {lock} --prefix {p} --prune"]}
+    return "\n".join([
+        "set -e",
+        # Removed before conda starts, so a half-done update is never taken for the old lock.
+        f"rm -f -- {marker}",
+        "dir=$(mktemp -d)",
+        "trap 'rm -rf \"$dir\"' EXIT",
+        f"cat > {lock}",
+        *steps[action],
+        f"PYTHONDONTWRITEBYTECODE=1 {p}/bin/python -B -c {shlex.quote(VERSIONS_SCRIPT)} "
+        f"> {record}.tmp",
+        f"mv -f -- {record}.tmp {record}",
+        f"printf '%s\\n' {sha256} > {marker}.tmp",
+        f"mv -f -- {marker}.tmp {marker}",
+    ]) + "\n"
+
+
+@operation("conda_env", [PREFIX, Setting("name", "name"), Setting("file", "str")],
+           required=("prefix", "name"),
+           facts=lambda a: [CondaEnv(env_path(a["prefix"], a["name"])),
+                            EnvTorchVersions(env_path(a["prefix"], a["name"]))])
+def conda_env(args: dict, facts: FactValues, ctx: HostContext):
+    """Environment `name` is built from the lock file `file`: created, or updated with --prune
+    when the lock changed, its marker holding the lock's sha256 once the build completed."""
+    lock_path = Path(args.get("file") or DEFAULT_ENV_FILE)
+    try:
+        data = lock_path.read_bytes()
+        spec = yaml.safe_load(data)
+    except OSError as exc:
+        return Failure(f"cannot read {lock_path} on the controller: {exc.strerror}")
+    except yaml.YAMLError as exc:
+        return Failure(f"{lock_path} is not valid YAML: {exc}")
+    if not isinstance(spec, dict) or not isinstance(spec.get("dependencies"), list):
+        return Failure(f"{lock_path} is not a conda environment file (no dependencies list)")
+    sha256 = hashlib.sha256(data).hexdigest()
+    path = env_path(args["prefix"], args["name"])
+    info = facts[CondaEnv(path)]
+    if info.lock_sha256 == sha256:
+        return NoChange(f"environment {path} matches {lock_path.name} ({sha256[:12]})")
+    if info.is_env:
+        action = "update"
+        what = (f"update environment {path}: lock {info.lock_sha256[:12]} -> {sha256[:12]}"
+                if info.lock_sha256 else f"complete environment {path} (its last build did "
+                                         f"not finish) from {lock_path.name} ({sha256[:12]})")
+    else:
+        action = "recreate" if info.exists else "create"
+        what = (f"create environment {path} from {lock_path.name} ({sha256[:12]})"
+                + (" in place of a directory conda did not build" if info.exists else ""))
+    conda = f"{args['prefix'].rstrip('/')}/bin/conda"
+    return Change(what, (Command(env_script(conda, path, sha256, action), stdin=data),))
+
+
+FIELDS = ("python", "torch", "cuda", "nccl", "cuda_available", "lock_sha256")
+
+
+def differences(reports: dict[str, EnvVersions]) -> list[str]:
+    """'field: host=value, ...' for every field in which the hosts' environments differ."""
+    found = []
+    for field in FIELDS:
+        values = {host: getattr(report, field) for host, report in reports.items()}
+        if len(set(values.values())) > 1:
+            found.append(f"{field}: " + ", ".join(f"{h}={v}" for h, v in values.items()))
+    return found
+
+
+@cluster_check("conda_env_versions")
+def conda_env_versions(sessions, inventory, role, check_mode: bool) -> list[TaskResult]:
+    """Per host, the versions the environment runs; training hosts must all run the same."""
+    facts = {}
+    for name, session in sessions.items():
+        variables = role.variables(session.connection.host.vars)
+        facts[name] = EnvTorchVersions(env_path(variables["conda_prefix"],
+                                                variables["conda_env_name"]))
+
+    def read(name: str) -> EnvVersions:
+        # What the facts batch read is current unless this run (re)built the environment.
+        session = sessions[name]
+        if facts[name] in session.facts and not session.changed(role.name):
+            return session.facts[facts[name]]
+        return session.gather([facts[name]])[facts[name]]
+
+    with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
+        reports = dict(zip(facts, pool.map(read, facts)))
+    group = inventory.groups.get(TRAINING_GROUP)
+    training = {n: r for n, r in reports.items()
+                if (group is None or n in group.hosts) and not r.error}
+    mismatch = differences(training)
+    results = []
+    for name, report in reports.items():
+        if report.error:
+            # In check mode the role has not built anything yet: nothing to compare.
+            status = Status.SKIPPED if check_mode else Status.FAILED
+            results.append(TaskResult(name, role.name, "environment versions", status,
+                                      report.error))
+        elif name in training and mismatch:
+            results.append(TaskResult(name, role.name, "environment versions", Status.FAILED,
+                                      f"{report.summary()}; training hosts differ in "
+                                      + "; ".join(mismatch)))
+        else:
+            results.append(TaskResult(name, role.name, "environment versions", Status.OK,
+                                      report.summary()))
+    return results
