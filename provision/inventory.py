@@ -237,11 +237,39 @@ def _looks_like_address(name: str) -> bool:
         return "." in name
 
 
-def load_inventory(path: str | os.PathLike, known: dict[str, Setting] | None = None) -> Inventory:
+def parse_extra_vars(assignments: list[str] | tuple[str, ...],
+                     known: dict[str, Setting]) -> tuple[dict[str, Any], list[str]]:
+    """`-e KEY=VALUE` (VALUE read as YAML, so `gpus=0` is a number): vars and problems."""
+    extra: dict[str, Any] = {}
+    problems = []
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        name = ALIASES.get(key, key)
+        if not sep or not key:
+            problems.append(f"-e {assignment!r}: expected KEY=VALUE")
+            continue
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        setting = known.get(name)
+        problem = check_value(setting, value) if setting else None
+        hint = None if setting or key.startswith("ansible_") else suggest(key, list(known))
+        if problem:
+            problems.append(f"-e {key}: {problem}")
+        elif hint:
+            problems.append(f"-e {key}: unknown setting (did you mean {hint!r}?)")
+        else:
+            extra[name] = value
+    return extra, problems
+
+
+def load_inventory(path: str | os.PathLike, known: dict[str, Setting] | None = None,
+                   extra_vars: tuple[str, ...] = ()) -> Inventory:
     """Load and validate an inventory; raises InventoryError listing every problem found.
 
     `known` are the settings to type-check (core settings plus role arguments); other vars
-    are kept as they are for templates.
+    are kept as they are for templates. `extra_vars` (-e KEY=VALUE) override every host's vars.
     """
     path = Path(path)
     known = dict(CORE_SETTINGS if known is None else known)
@@ -259,6 +287,8 @@ def load_inventory(path: str | os.PathLike, known: dict[str, Setting] | None = N
     if root is None:
         raise InventoryError([f"{path}: inventory is empty; expected 'all:' with 'hosts:'"])
     builder = _Builder(source)
+    extra, extra_problems = parse_extra_vars(extra_vars, known)
+    source.problems += extra_problems
     top = list(source.items(root, "inventory"))
     if source.problems:
         raise InventoryError(source.problems)
@@ -277,6 +307,7 @@ def load_inventory(path: str | os.PathLike, known: dict[str, Setting] | None = N
         for group in _ancestry(builder.groups, builder.host_groups[name]):
             merged.update(group.vars)
         merged.update(builder.host_vars[name])
+        merged.update(extra)
         address = merged.get("address") or _ssh_config_hostname(name)
         if address is None:
             if not _looks_like_address(name):

@@ -44,9 +44,9 @@ def resolve_limit(limit: str | None) -> str | None:
     return limit
 
 
-def open_inventory(path: str, limit: str | None, known=None):
+def open_inventory(path: str, limit: str | None, known=None, extra_vars: tuple[str, ...] = ()):
     try:
-        inventory = load_inventory(path, known)
+        inventory = load_inventory(path, known, extra_vars)
         return inventory, inventory.select(resolve_limit(limit))
     except InventoryError as exc:
         fail(f"{len(exc.problems)} problem(s) in the inventory:\n  " + "\n  ".join(exc.problems))
@@ -79,6 +79,8 @@ def ssh_options(command):
                      help="Seconds to wait for each SSH connection."),
         click.option("--ask-become-pass", "-K", is_flag=True,
                      help=f"Prompt for the sudo password (or set {SUDO_PASSWORD_ENV})."),
+        click.option("--extra-vars", "-e", "extra_vars", multiple=True, metavar="KEY=VALUE",
+                     help="Set a var on every host, over the inventory (repeatable)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -87,7 +89,7 @@ def ssh_options(command):
 
 def ssh_settings(kwargs: dict) -> dict:
     return {k: kwargs.pop(k) for k in ("host_key_policy", "known_hosts", "connect_timeout",
-                                       "ask_become_pass")}
+                                       "ask_become_pass", "extra_vars")}
 
 
 def finish(inventory: Inventory, results: list[HostResult], as_json: bool) -> None:
@@ -151,7 +153,7 @@ def exec_cmd(inventory: str, command: tuple[str, ...], limit, forks, sudo, timeo
              **kwargs) -> None:
     """Run an ad-hoc command on every host in parallel (one argument: a sh script)."""
     ssh = ssh_settings(kwargs)
-    inv, hosts = open_inventory(inventory, limit)
+    inv, hosts = open_inventory(inventory, limit, extra_vars=ssh["extra_vars"])
     options = connect_options(ssh, hosts)
     run = command[0] if len(command) == 1 else list(command)
     width = max((len(h.name) for h in hosts), default=0)
@@ -211,7 +213,7 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
         known = known_settings(directory)
     except ProvisionError as exc:
         fail(str(exc))
-    inv, hosts = open_inventory(inventory, limit, known)
+    inv, hosts = open_inventory(inventory, limit, known, ssh["extra_vars"])
     options = connect_options(ssh, hosts)
     run_options = RunOptions(check=check, forks=forks,
                              tags=frozenset(t.strip() for t in (tags or "").split(",") if t.strip()))

@@ -107,7 +107,7 @@ def train_cmd(script, script_args, inventory, limit, forks, group, nproc_per_nod
     """Run a script with torchrun on every training node (exit code: the job's)."""
     from provision.setup import known_settings
     ssh = ssh_settings(kwargs)
-    inv, hosts = open_inventory(inventory, limit, known_settings())
+    inv, hosts = open_inventory(inventory, limit, known_settings(), ssh["extra_vars"])
     if group is None:
         group = "training" if "training" in inv.groups else None
     run_id = new_run_id()
