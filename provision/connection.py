@@ -143,18 +143,15 @@ class HostConnection:
             if h.key_file:
                 kwargs["key_filename"] = os.path.expanduser(h.key_file)
             conn = fabric.Connection(
-                host=h.address, user=h.user, port=h.port if "port" in h.vars else None,
+                host=h.ssh_alias or h.address, user=h.user,
+                port=h.port if "port" in h.vars else None,
                 connect_timeout=self.options.connect_timeout, connect_kwargs=kwargs)
-            client = conn.client
             known = self.options.known_hosts
-            if known.exists():
-                try:
-                    client.load_host_keys(str(known))
-                except (OSError, paramiko.SSHException) as exc:
-                    raise HostUnreachable(f"{h.name}: cannot read {known}: {exc}") from None
-            client._host_keys_filename = None  # never let paramiko rewrite the whole file
-            client.set_missing_host_key_policy(
-                _TrustOnFirstUse(known, self.options.host_key_policy == "strict"))
+            # A ProxyJump gateway is a Connection of its own: its key is checked the same way.
+            hop = conn
+            while isinstance(hop, fabric.Connection):
+                self._check_host_keys(hop.client)
+                hop = hop.gateway
             try:
                 conn.open()
             except paramiko.BadHostKeyException as exc:
@@ -178,6 +175,17 @@ class HostConnection:
             conn.transport.set_keepalive(15)
             self._conn = conn
             return conn.transport
+
+    def _check_host_keys(self, client: paramiko.SSHClient) -> None:
+        known = self.options.known_hosts
+        if known.exists():
+            try:
+                client.load_host_keys(str(known))
+            except (OSError, paramiko.SSHException) as exc:
+                raise HostUnreachable(f"{self.host.name}: cannot read {known}: {exc}") from None
+        client._host_keys_filename = None  # never let paramiko rewrite the whole file
+        client.set_missing_host_key_policy(
+            _TrustOnFirstUse(known, self.options.host_key_policy == "strict"))
 
     def close(self) -> None:
         with self._lock:

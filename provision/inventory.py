@@ -32,6 +32,9 @@ class Host:
     # Fully merged variables: all.vars <- group vars (outer to inner) <- host vars.
     vars: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     groups: tuple[str, ...] = ()
+    # Set when the address comes from ~/.ssh/config (Host <name> / HostName): SSH then connects
+    # by this name, so that entry's User, Port, IdentityFile and ProxyJump apply too.
+    ssh_alias: str | None = None
 
 
 @dataclass
@@ -308,7 +311,10 @@ def load_inventory(path: str | os.PathLike, known: dict[str, Setting] | None = N
             merged.update(group.vars)
         merged.update(builder.host_vars[name])
         merged.update(extra)
-        address = merged.get("address") or _ssh_config_hostname(name)
+        alias = None
+        address = merged.get("address")
+        if address is None and (address := _ssh_config_hostname(name)) is not None:
+            alias = name
         if address is None:
             if not _looks_like_address(name):
                 source.problem(builder.host_nodes[name],
@@ -320,7 +326,7 @@ def load_inventory(path: str | os.PathLike, known: dict[str, Setting] | None = N
         hosts[name] = Host(
             name=name, address=address, port=merged.get("port", 22), user=merged.get("user"),
             key_file=merged.get("ssh_key"), become=merged.get("become", False),
-            vars=merged, groups=("all", *groups))
+            vars=merged, groups=("all", *groups), ssh_alias=alias)
     if not builder.host_vars and not source.problems:
         source.problems.append(f"{path}: no hosts defined; expected 'all:' with 'hosts:'")
 

@@ -205,3 +205,32 @@ def test_many_parallel_connections_are_fast(lab, make_inventory, cli):
     """Not a timing test: checks --forks 1 still completes and reports every host in order."""
     done = cli("exec", make_inventory(), "--forks", "1", "--json", "--", "hostname")
     assert [h["host"] for h in json.loads(done.stdout)["hosts"]] == [h.name for h in lab.hosts]
+
+
+def test_ssh_config_alias_user_key_and_proxyjump(lab, cli, tmp_path):
+    """A host known only by its ~/.ssh/config alias, reachable only through a jump host."""
+    jump, target = lab.hosts[0], lab.hosts[1]
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "config").write_text(
+        f"Host jumpbox\n  HostName {jump.address}\n  User root\n  IdentityFile {lab.key_path}\n"
+        f"Host target\n  HostName {target.address}\n  User root\n"
+        f"  IdentityFile {lab.key_path}\n  ProxyJump jumpbox\n")
+    known = tmp_path / "known_hosts"
+    inventory = tmp_path / "inventory.yaml"
+    inventory.write_text(f"all:\n  vars: {{ssh_known_hosts: {known}}}\n  hosts:\n    target:\n")
+    # The controller cannot reach the target's sshd directly, only the jump host can.
+    lab.sh(target.name, "nft add table inet jumptest && nft add chain inet jumptest input "
+                        "'{ type filter hook input priority 0; policy accept; }' && "
+                        f"nft add rule inet jumptest input ip saddr != {jump.address} "
+                        "tcp dport 22 drop")
+    try:
+        done = cli("exec", inventory, "--connect-timeout", "5", "--", "hostname",
+                   env={"HOME": str(home)})
+    finally:
+        lab.sh(target.name, "nft delete table inet jumptest")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"target | {target.name}" in done.stdout
+    # Both hops' keys were checked and recorded, not blindly accepted.
+    assert sorted(line.split()[0] for line in known.read_text().splitlines()) == \
+        sorted([jump.address, target.address])
