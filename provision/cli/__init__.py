@@ -266,6 +266,33 @@ def check_cmd(inventory, limit, forks, tags, role_names, roles_dir, as_json, ver
     raise SystemExit(readiness_exit_code(results))
 
 
+@main.command("roles")
+@click.argument("names", nargs=-1)
+@click.option("--roles-dir", type=click.Path(file_okay=False, exists=True),
+              help="Directory of roles [default: the roles shipped with provision].")
+def roles_cmd(names: tuple[str, ...], roles_dir: str | None) -> None:
+    """List the roles, their tasks and the inventory vars that set their arguments."""
+    from provision.roles import ROLES_DIR, load_role
+    from provision.setup import SETUP_ORDER, role_names
+
+    directory = Path(roles_dir) if roles_dir else ROLES_DIR
+    available = role_names(directory)
+    chosen = list(names) or sorted(available, key=lambda n: (SETUP_ORDER + (n,)).index(n))
+    try:
+        roles = [load_role(name, directory) for name in chosen]
+    except ProvisionError as exc:
+        fail(str(exc))
+    for role in roles:
+        click.echo(click.style(role.name, bold=True) + f": {role.description}")
+        for name, setting in role.args.items():
+            default = role.defaults.get(name, "(required)")
+            click.echo(f"  {name} ({setting.type}) = {default!r}"
+                       + (f"\n      {setting.help}" if setting.help else ""))
+        click.echo("  tasks: " + ", ".join(t.name for t in role.tasks)
+                   + (f"; cluster checks: {', '.join(role.cluster_checks)}"
+                      if role.cluster_checks else ""))
+
+
 def _register() -> None:
     from provision.cli.lab_cmd import lab
     from provision.cli.train_cmd import train_cmd
