@@ -432,7 +432,7 @@ class Lab:
         lab_files.write_atomic(self.known_hosts_path, lab_files.known_hosts(public))
         lab_files.write_atomic(self.inventory_path, lab_files.inventory(
             self.name, {h.name: h.address for h in self.hosts}, self.training or len(self.hosts),
-            self.key_path, self.known_hosts_path))
+            self.key_path, self.known_hosts_path, str(self.subnet)))
 
     # -- state, processes, checks ---------------------------------------------------------------
 

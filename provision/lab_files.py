@@ -42,14 +42,20 @@ def known_hosts(public_keys: dict[str, str]) -> str:
 
 
 def inventory(lab: str, hosts: dict[str, str], training: int, key: Path,
-              known_hosts_path: Path) -> str:
-    """The Ansible YAML inventory of the lab: every host, and the first `training` in `training`."""
+              known_hosts_path: Path, subnet: str) -> str:
+    """The Ansible YAML inventory of the lab: every host, the first `training` in `training`,
+    and what `provision setup` needs to know about lab hosts: no GPUs, no route to outside time
+    servers (the first host serves the lab's time) and no systemd (provision starts chronyd
+    itself, with -x: a lab host shares the machine's clock and must not set it)."""
+    names = list(hosts)
     document = {"all": {
         "vars": {"ansible_user": "root", "ansible_ssh_private_key_file": str(key),
-                 "ssh_known_hosts": str(known_hosts_path), "gpus": 0},
+                 "ssh_known_hosts": str(known_hosts_path), "gpus": 0,
+                 "ntp_servers": [hosts[names[0]]], "ntp_chronyd_options": ["-x"]},
         "hosts": {name: {"ansible_host": address} for name, address in hosts.items()},
-        "children": {"training": {"hosts": {name: {} for name in list(hosts)[:training]}}},
+        "children": {"training": {"hosts": {name: {} for name in names[:training]}}},
     }}
+    document["all"]["hosts"][names[0]].update({"ntp_local_stratum": 8, "ntp_allow": [subnet]})
     header = f"# Lab {lab}: written by `provision lab up`, rewritten by every up.\n"
     return header + yaml.safe_dump(document, sort_keys=False, default_flow_style=False)
 

@@ -21,9 +21,9 @@ def known_settings(roles_dir: Path = ROLES_DIR) -> dict[str, Setting]:
     for name in role_names(roles_dir):
         role = load_role(name, roles_dir)
         for arg, setting in role.args.items():
-            if arg in CORE_SETTINGS:
-                raise RoleError(f"{role.path}/role.yml: argument {arg!r} is a core setting; "
-                                "use it as a variable without declaring it")
+            if arg in CORE_SETTINGS and CORE_SETTINGS[arg].type != setting.type:
+                raise RoleError(f"{role.path}/role.yml: argument {arg!r} is a core setting "
+                                f"of type {CORE_SETTINGS[arg].type}, not {setting.type}")
             default = role.defaults.get(arg)
             if arg in owners and (known[arg].type, owners[arg][1]) != (setting.type, default):
                 raise RoleError(f"{role.path}/role.yml: argument {arg!r} differs from role "

@@ -231,11 +231,12 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
 @click.option("--check", is_flag=True, help="Show what would change; change nothing.")
 @click.option("--diff", is_flag=True, help="Show the changes to files.")
 @role_options
+@click.option("--verbose", "-v", is_flag=True, help="Also print skipped tasks.")
 def setup_cmd(inventory, limit, forks, check, diff, tags, role_names, roles_dir, as_json,
-              **kwargs) -> None:
+              verbose, **kwargs) -> None:
     """Make every host ready for training (idempotent; --check changes nothing)."""
     def listener(result: TaskResult) -> None:
-        if not as_json:
+        if not as_json and (verbose or result.status is not Status.SKIPPED):
             task_line(result, check, diff)
 
     inv, results = run_setup(inventory, limit, forks, tags, role_names, roles_dir,

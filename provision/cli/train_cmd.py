@@ -89,7 +89,7 @@ def report(result: JobResult) -> None:
               help="Workers per node [default: the host's gpus, 1 for CPU-only hosts].")
 @click.option("--rdzv", type=click.Choice(["static", "c10d"]), default="static",
               show_default=True, help="torchrun rendezvous: static master or c10d.")
-@click.option("--env", "-e", "env", multiple=True, metavar="K=V",
+@click.option("--env", "env", multiple=True, metavar="K=V",
               help="Environment variable for every worker (repeatable).")
 @click.option("--forward-env", multiple=True, metavar="GLOB",
               help="Forward the controller's variables matching GLOB, e.g. 'NCCL_*'.")
