@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROVISION := $(VENV)/bin/provision
-APT_PACKAGES := openssh-server openssh-client iproute2 nftables iptables chrony sudo util-linux procps psmisc nfs-common
+APT_PACKAGES := openssh-server openssh-client iproute2 nftables iptables chrony sudo util-linux procps psmisc nfs-common ufw
 LAB_INVENTORY := .lab/plab/inventory.yaml
 PYTEST_FLAGS ?= -q
 
