@@ -115,3 +115,25 @@ class FreeSpace(Fact):
         if rc != 0 or len(lines) < 2:
             raise ValueError(f"cannot read free space at {self.path}")
         return DiskFree(lines[0], int(lines[1].split()[3]) * 1024)
+
+
+# sh function: true when PID $1 runs and is not a zombie (/proc is readable by every user,
+# where `kill -0` fails on another user's process).
+PROCESS_ALIVE_SH = ('alive() { s=$(sed -n "s/^State:[[:space:]]*\\([A-Z]\\).*/\\1/p" '
+                    '"/proc/$1/status" 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ]; }')
+
+
+@dataclass(frozen=True)
+class PidfileProcess(Fact):
+    """The PID that the pidfile `path` names when that process runs (not a zombie), else None."""
+
+    path: str
+
+    def command(self) -> str:
+        return (f"{PROCESS_ALIVE_SH}\n"
+                f"pid=$(head -n 1 {shlex.quote(self.path)} 2>/dev/null | tr -cd 0-9)\n"
+                'if [ -n "$pid" ] && alive "$pid"; then echo "$pid"; fi; true')
+
+    def parse(self, stdout: str, rc: int) -> int | None:
+        text = stdout.strip()
+        return int(text) if text.isdigit() else None
