@@ -286,8 +286,9 @@ def roles_cmd(names: tuple[str, ...], roles_dir: str | None) -> None:
     for role in roles:
         click.echo(click.style(role.name, bold=True) + f": {role.description}")
         for name, setting in role.args.items():
-            default = role.defaults.get(name, "(required)")
-            click.echo(f"  {name} ({setting.type}) = {default!r}"
+            default = role.defaults.get(name)
+            click.echo(f"  {name} ({setting.type}) = "
+                       + ("(unset)" if default is None else repr(default))
                        + (f"\n      {setting.help}" if setting.help else ""))
         click.echo("  tasks: " + ", ".join(t.name for t in role.tasks)
                    + (f"; cluster checks: {', '.join(role.cluster_checks)}"
