@@ -99,7 +99,7 @@ def plan(case: dict, tmp_path: Path):
     return op.plan(args, facts, ctx), role
 
 
-@pytest.mark.parametrize("case", load_cases())
+@pytest.mark.parametrize("case", list(load_cases()))
 def test_operation_case(case, tmp_path):
     outcome, role = plan(case, tmp_path)
     expected = case["expected"]
