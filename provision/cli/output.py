@@ -100,7 +100,7 @@ def readiness_exit_code(results: list[HostResult]) -> int:
 
 def readiness_table(table: dict[str, dict[str, str]]) -> None:
     roles = list(dict.fromkeys(role for row in table.values() for role in row))
-    width = max((len(h) for h in table), default=4)
+    width = max([len("HOST")] + [len(h) for h in table])
     cells = {h: {role: row.get(role, "-").split(":")[0] for role in roles}
              for h, row in table.items()}
     widths = {role: max([len(role)] + [len(c[role]) for c in cells.values()]) for role in roles}
@@ -114,5 +114,7 @@ def readiness_table(table: dict[str, dict[str, str]]) -> None:
                 if ":" in text]
     for host, role, text in problems:
         emit(f"{host} {role}: {text}", err=True)
-    ready = sum(all(c in ("ready", "skipped") for c in row.values()) for row in cells.values())
+    # From the table's own rows: "-" (a role another host has) must not make a host unready.
+    ready = sum(all(text in ("ready", "skipped") for text in row.values())
+                for row in table.values())
     emit(f"{ready}/{len(table)} host(s) ready")

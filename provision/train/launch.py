@@ -49,7 +49,11 @@ class NodeOutcome:
     def worker_failure(self) -> tuple[int, int] | None:
         """(global rank, exit code) of the failed worker that torchrun reported, if it did."""
         rank = code = None
-        for line in self.tail:
+        lines = list(self.tail)
+        # The summary lists the other failures (often ranks torchrun itself SIGTERMed) before
+        # the "Root Cause (first observed failure):" entry: read that entry when it is there.
+        starts = [i for i, line in enumerate(lines) if line.lstrip().startswith("Root Cause")]
+        for line in lines[starts[-1] + 1:] if starts else lines:
             if (match := _WORKER_RANK.match(line)) and rank is None:
                 rank = int(match[1])
             if (match := _WORKER_EXIT.match(line)) and code is None:
@@ -102,6 +106,7 @@ class Job:
         self.changed = threading.Event()
         self.interrupted = threading.Event()
         self._lock = threading.Lock()
+        self.stopping = False     # set once by teardown; no node starts after it
 
     def interrupt(self) -> None:
         """Safe from a signal handler: the main loop notices and tears the job down."""
@@ -154,10 +159,15 @@ class Job:
             try:
                 script = supervised_script(remote_script(self.commands[name]),
                                            self.config.run_id, self.grace)
-                process = session.connection.start(script, hold_stdin=True)
-                session.round_trips += 1
+                # Started under the lock that teardown takes first: a node is either started
+                # before teardown looks for the job's processes, or never started at all.
                 with self._lock:
+                    if self.stopping:
+                        outcome.stopped_by_teardown = True
+                        return
+                    process = session.connection.start(script, hold_stdin=True)
                     self.processes[name] = process
+                session.round_trips += 1
                 result = process.wait(float("inf"), on_line)
                 code, lost = result.exit_code, None
             except HostUnreachable as exc:
@@ -170,6 +180,9 @@ class Job:
 
     def _teardown(self) -> None:
         """Stop the job on every node still running it, in parallel, and count survivors."""
+        with self._lock:
+            self.stopping = True
+
         def stop(name: str) -> None:
             outcome = self.outcomes[name]
             if outcome.lost:

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import posixpath
+import re
 import shlex
 import tarfile
 from dataclasses import dataclass
@@ -58,8 +59,12 @@ def _remote_manifest(session: HostSession, target: str) -> dict[str, str]:
     result = session.run(f"cd {shlex.quote(target)} 2>/dev/null || exit 0; "
                          "find . -type f -exec sha256sum {} +")
     manifest = {}
-    for line in result.stdout.splitlines():
+    for line in result.stdout.split("\n"):
         digest, _, path = line.partition("  ")
+        if digest.startswith("\\"):
+            # GNU sha256sum marks a name holding "\\", a newline or a CR so, and escapes them.
+            digest = digest[1:]
+            path = re.sub(r"\\(.)", lambda m: {"n": "\n", "r": "\r"}.get(m[1], m[1]), path)
         manifest[path[2:] if path.startswith("./") else path] = digest
     return manifest
 
