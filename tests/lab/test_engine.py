@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -104,10 +105,20 @@ def test_unreachable_host_others_finish(lab, make_inventory, cli):
 
 def test_sshd_dying_mid_run_is_unreachable(lab, make_inventory, cli):
     victim = lab.hosts[1].name
-    killer = threading.Timer(1.5, lab.stop_sshd, [victim])
+    lab.sh(victim, "rm -f /tmp/running")
+
+    def kill_once_running() -> None:
+        deadline = time.monotonic() + 60
+        while lab.sh(victim, "test -e /tmp/running", check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the command never started"
+            time.sleep(0.1)
+        lab.stop_sshd(victim)
+
+    killer = threading.Thread(target=kill_once_running)
     killer.start()
     try:
-        done = cli("exec", make_inventory(), "--json", "--", "sleep 4; echo finished")
+        done = cli("exec", make_inventory(), "--json", "--",
+                   "touch /tmp/running; sleep 5; echo finished")
     finally:
         killer.join()
         lab.start_sshd(victim)
