@@ -27,6 +27,7 @@ from provision.inventory import Host
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_COMMAND_TIMEOUT = 1800.0
 SUDO_PASSWORD_ENV = "PROVISION_SUDO_PASSWORD"
+EOF_GRACE = 2.0  # seconds to wait for output still in flight after the exit status
 
 
 @dataclass(frozen=True)
@@ -274,6 +275,7 @@ class RemoteProcess:
         out, err = bytearray(), bytearray()
         pending = {"stdout": bytearray(), "stderr": bytearray()}
         deadline = time.monotonic() + timeout
+        eof_deadline = 0.0
         chan = self.channel
 
         def feed(stream: str, data: bytes, sink: bytearray) -> None:
@@ -294,7 +296,13 @@ class RemoteProcess:
                 feed("stderr", chan.recv_stderr(65536), err)
             if chan.exit_status_ready() and not chan.recv_ready() \
                     and not chan.recv_stderr_ready():
-                break
+                # sshd may report the exit status before the last output: wait for its EOF,
+                # but not for long, since a daemon the command started may hold stdout open.
+                if chan.eof_received or chan.closed:
+                    break
+                eof_deadline = eof_deadline or time.monotonic() + EOF_GRACE
+                if time.monotonic() > eof_deadline:
+                    break
             transport = chan.get_transport()
             if transport is None or not transport.is_active():
                 raise HostUnreachable(f"{self.host}: connection lost while running a command")
@@ -303,7 +311,7 @@ class RemoteProcess:
                 chan.close()
                 return CommandResult(self.command, 124, out.decode(errors="replace"),
                                      err.decode(errors="replace"), timed_out=True)
-            select.select([chan], [], [], min(left, 5.0))
+            select.select([chan], [], [], min(left, 0.05 if eof_deadline else 5.0))
         if on_line:
             for stream, rest in pending.items():
                 if rest:
