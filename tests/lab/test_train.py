@@ -210,3 +210,28 @@ def test_prelaunch_catches_closed_port_and_missing_env(lab, training, cli, tmp_p
         lab.sh(node, f"mv {ENV}/lock.bak {ENV}/.provision-lock-sha256")
     assert done.returncode == 2
     assert f"{node}: the training environment has no lock marker" in done.stderr
+
+
+def test_a_node_whose_ssh_dies_is_the_root_cause_and_nothing_is_left(lab, training, train_env,
+                                                                     tmp_path):
+    """The SSH connection to a node dies mid-run: the others are torn down by the controller,
+    and the node itself stops its job when its channel closes (nobody is left to ask it)."""
+    hosts = training_hosts(lab)
+    job = start_train(training(), SMOKE, "--steps", "1000", "--sleep", "0.2",
+                      runs=tmp_path / "runs")
+    victim = hosts[2]
+    try:
+        wait_for_workers(lab, hosts, job)
+        (run_id,) = [p.name for p in (tmp_path / "runs").iterdir()]
+        lab.stop_sshd(victim)
+        out, err = job.communicate(timeout=60)
+    finally:
+        if job.poll() is None:
+            job.kill()
+        lab.start_sshd(victim)
+    assert job.returncode == 255, err
+    assert f"ROOT CAUSE: {victim} (node rank 2) lost its connection" in err
+    deadline = time.monotonic() + 10
+    while any(job_processes(lab, h, run_id) for h in hosts) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert [h for h in hosts if job_processes(lab, h, run_id)] == []
