@@ -93,15 +93,30 @@ def env_path(prefix: str, name: str) -> str:
     return f"{prefix.rstrip('/')}/envs/{name}"
 
 
-def env_script(conda: str, path: str, sha256: str, action: str) -> str:
+def is_explicit_lock(data: bytes) -> bool:
+    """An explicit lock (conda-lock --kind explicit, conda list --explicit): package URLs."""
+    lines = [line.strip() for line in data.decode(errors="replace").splitlines()]
+    return "@EXPLICIT" in [line for line in lines if line and not line.startswith("#")][:1]
+
+
+def env_script(conda: str, path: str, sha256: str, action: str, explicit: bool = False) -> str:
     """sh script: the lock file arrives on stdin; the marker goes first and comes back last."""
     p, marker = shlex.quote(path), shlex.quote(f"{path}/{LOCK_MARKER}")
     record = shlex.quote(f"{path}/{VERSIONS_RECORD}")
-    lock = '"$dir"/environment.yml'   # conda env reads the format from the .yml suffix
-    steps = {"create": [f"{shlex.quote(conda)} env create --file {lock} --prefix {p}"],
-             "recreate": [f"rm -rf -- {p}",
-                          f"{shlex.quote(conda)} env create --file {lock} --prefix {p}"],
-             "update": [f"{shlex.quote(conda)} env update --file {lock} --prefix {p} --prune"]}
+    conda = shlex.quote(conda)
+    if explicit:
+        # An explicit lock names every package of the environment: it is built anew, never
+        # solved or updated in place.
+        lock = '"$dir"/conda.lock'
+        create = f"{conda} create --yes --file {lock} --prefix {p}"
+        steps = {"create": [create], "recreate": [f"rm -rf -- {p}", create],
+                 "update": [f"rm -rf -- {p}", create]}
+    else:
+        lock = '"$dir"/environment.yml'   # conda env reads the format from the .yml suffix
+        steps = {"create": [f"{conda} env create --file {lock} --prefix {p}"],
+                 "recreate": [f"rm -rf -- {p}",
+                              f"{conda} env create --file {lock} --prefix {p}"],
+                 "update": [f"{conda} env update --file {lock} --prefix {p} --prune"]}
     return "\n".join([
         "set -e",
         # Removed before conda starts, so a half-done update is never taken for the old lock.
@@ -128,13 +143,16 @@ def conda_env(args: dict, facts: FactValues, ctx: HostContext):
     lock_path = Path(args.get("file") or DEFAULT_ENV_FILE)
     try:
         data = lock_path.read_bytes()
-        spec = yaml.safe_load(data)
+        explicit = is_explicit_lock(data)
+        spec = None if explicit else yaml.safe_load(data)
     except OSError as exc:
         return Failure(f"cannot read {lock_path} on the controller: {exc.strerror}")
     except yaml.YAMLError as exc:
         return Failure(f"{lock_path} is not valid YAML: {exc}")
-    if not isinstance(spec, dict) or not isinstance(spec.get("dependencies"), list):
-        return Failure(f"{lock_path} is not a conda environment file (no dependencies list)")
+    if not explicit and (not isinstance(spec, dict)
+                         or not isinstance(spec.get("dependencies"), list)):
+        return Failure(f"{lock_path} is neither a conda environment file (no dependencies "
+                       "list) nor an explicit lock (no @EXPLICIT line)")
     sha256 = hashlib.sha256(data).hexdigest()
     path = env_path(args["prefix"], args["name"])
     info = facts[CondaEnv(path)]
@@ -150,7 +168,8 @@ def conda_env(args: dict, facts: FactValues, ctx: HostContext):
         what = (f"create environment {path} from {lock_path.name} ({sha256[:12]})"
                 + (" in place of a directory conda did not build" if info.exists else ""))
     conda = f"{args['prefix'].rstrip('/')}/bin/conda"
-    return Change(what, (Command(env_script(conda, path, sha256, action), stdin=data),))
+    return Change(what, (Command(env_script(conda, path, sha256, action, explicit),
+                                 stdin=data),))
 
 
 FIELDS = ("python", "torch", "cuda", "nccl", "cuda_available", "lock_sha256")

@@ -80,8 +80,10 @@ echo "installation finished."
 exit 0
 @@CONDA_DOUBLE@@
 """TEST DOUBLE. Stands in for the `conda` CLI of Miniconda (conda 24.7.1), the subset the conda
-role uses: `conda --version`, `conda env create --file F (--prefix P | --name N)` and
-`conda env update --file F (--prefix P | --name N) [--prune]`. Environments are real: a venv of
+role uses: `conda --version`, `conda env create --file F (--prefix P | --name N)`,
+`conda env update --file F (--prefix P | --name N) [--prune]` and, for explicit lock files
+(`@EXPLICIT` and one package URL a line, as `conda-lock --kind explicit` and
+`conda list --explicit` write them), `conda create --yes --file F (--prefix P | --name N)`. Environments are real: a venv of
 this prefix's python with --system-site-packages (so the machine's torch imports), with the
 conda-meta/ records conda keeps. Failures read as conda's own.
 
@@ -144,6 +146,24 @@ def load_file(path):
         fail("CondaValueError", f"{path} is not an environment file")
     deps = [d for d in data.get("dependencies") or [] if isinstance(d, str)]
     return data.get("name"), data.get("channels") or ["defaults"], [parse_spec(d) for d in deps]
+
+
+def load_explicit(path):
+    """An explicit lock: the packages are given, nothing is solved (conda only fetches them)."""
+    if not os.path.isfile(path):
+        fail("CondaFileIOError", f"'{path}'. [Errno 2] No such file or directory: '{path}'")
+    with open(path) as handle:
+        lines = [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+    if not lines or lines[0] != "@EXPLICIT":
+        fail("CondaValueError", f"{path} is not an explicit lock file (no @EXPLICIT line)")
+    specs = []
+    for url in lines[1:]:
+        match = re.match(r"^https?://\S+/(?P<ch>[^/]+)/[^/]+/"
+                         r"(?P<n>.+)-(?P<v>[^-]+)-(?P<b>[^-]+)\.(tar\.bz2|conda)(#\w+)?$", url)
+        if not match:
+            fail("CondaValueError", f"could not parse explicit URL: {url}")
+        specs.append((match["ch"], match["n"].lower(), match["v"], match["b"]))
+    return specs
 
 
 def solve(channels, specs):
@@ -223,6 +243,17 @@ def env_update(args):
     link(prefix, specs, "conda env update " + " ".join(sys.argv[3:]), prune=args.prune)
 
 
+def create(args):
+    specs = load_explicit(args.file)
+    prefix = target(args, None)
+    if os.path.exists(prefix):
+        fail("CondaValueError", f"prefix already exists: {prefix}")
+    missing = [name for _, name, _, _ in specs if channel_state().get(name) == "missing"]
+    if missing:
+        fail("CondaHTTPError", f"HTTP 404 NOT FOUND for url <{missing[0]}>")
+    link(prefix, specs, "conda create " + " ".join(sys.argv[2:]), prune=False)
+
+
 def main():
     parser = argparse.ArgumentParser(prog="conda")
     parser.add_argument("--version", "-V", action="version", version=f"conda {VERSION}")
@@ -237,6 +268,13 @@ def main():
         if name == "update":
             sub.add_argument("--prune", action="store_true")
         sub.set_defaults(handler=handler)
+    plain = commands.add_parser("create")
+    plain.add_argument("--file", required=True)
+    plain.add_argument("--yes", "-y", action="store_true")
+    where = plain.add_mutually_exclusive_group()
+    where.add_argument("--prefix", "-p")
+    where.add_argument("--name", "-n")
+    plain.set_defaults(handler=create)
     args = parser.parse_args()
     if not hasattr(args, "handler"):
         fail("CommandNotFoundError", f"this conda double does not implement {sys.argv[1:]}")
