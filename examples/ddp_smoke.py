@@ -62,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         if step == 0 and rank == args.fail_rank:
             print(f"ddp_smoke: rank {rank} fails on purpose (--fail-rank)", file=sys.stderr,
                   flush=True)
-            return 3
+            # Leave at once: a normal interpreter exit with gloo's threads still talking to
+            # the other ranks can abort (SIGABRT) and hide the exit code a test looks for.
+            os._exit(3)
         time.sleep(args.sleep)
 
     total = torch.tensor([float(rank)], device=device)
