@@ -23,6 +23,7 @@ class Staging:
     script: str                    # the script's path on every node
     source: Path | None = None     # local file or directory to send (None: used in place)
     target: str | None = None      # where `source` goes on the nodes
+    fresh: bool = False            # `target` is new to this run: nothing there to compare with
 
 
 def plan_staging(script: Path, sync_dir: Path | None, shared_mount: str | None,
@@ -39,7 +40,7 @@ def plan_staging(script: Path, sync_dir: Path | None, shared_mount: str | None,
         return Staging(target, posixpath.join(target, relative), sync_dir, target)
     if shared_mount and Path(shared_mount) in script.parents:
         return Staging(str(script.parent), str(script))
-    return Staging(run_dir, posixpath.join(run_dir, script.name), script, run_dir)
+    return Staging(run_dir, posixpath.join(run_dir, script.name), script, run_dir, fresh=True)
 
 
 def _local_manifest(source: Path) -> dict[str, str]:
@@ -74,7 +75,7 @@ def stage(session: HostSession, staging: Staging) -> int:
     if staging.source is None:
         return 0
     local = _local_manifest(staging.source)
-    remote = _remote_manifest(session, staging.target)
+    remote = {} if staging.fresh else _remote_manifest(session, staging.target)
     changed = sorted(path for path, digest in local.items() if remote.get(path) != digest)
     if not changed:
         return 0

@@ -4,6 +4,8 @@ live in a tmp directory."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import subprocess
 from pathlib import Path
 
@@ -63,7 +65,8 @@ def test_script_elsewhere_is_copied_into_the_run_dir(tmp_path):
 
     for shared in (str(tmp_path / "shared"), None):
         staging = plan_staging(script, None, shared, "/runs/r1")
-        assert staging == Staging("/runs/r1", "/runs/r1/train.py", script, "/runs/r1")
+        assert staging == Staging("/runs/r1", "/runs/r1/train.py", script, "/runs/r1",
+                                  fresh=True)
 
 
 def test_a_relative_script_path_is_resolved(tmp_path, monkeypatch):
@@ -131,11 +134,14 @@ def test_copy_a_single_script_then_nothing_then_the_change(session, tmp_path):
     run_dir = tmp_path / "node" / "runs" / "r1"
     staging = plan_staging(script, None, None, str(run_dir))
 
-    assert stage(session, staging) == 1
+    # A run's own directory is new: the script is sent in one round trip, nothing read first.
+    assert stage(session, staging) == 1 and session.round_trips == 1
     assert tree(run_dir) == {"train.py": b"print('v1')\n"}
-    assert stage(session, staging) == 0
+    # Where the target may already hold files, what is there is compared first.
+    existing = dataclasses.replace(staging, fresh=False)
+    assert stage(session, existing) == 0
     script.write_text("print('v2')\n")
-    assert stage(session, staging) == 1
+    assert stage(session, existing) == 1
     assert tree(run_dir) == {"train.py": b"print('v2')\n"}
 
 
@@ -205,7 +211,7 @@ def test_hostile_target_directory(session, tmp_path):
     staging = plan_staging(script, None, None, str(run_dir))
 
     assert stage(session, staging) == 1
-    assert stage(session, staging) == 0
+    assert stage(session, dataclasses.replace(staging, fresh=False)) == 0
     assert tree(run_dir) == {"train.py": b"x\n"}
     assert not list(tmp_path.rglob("PWNED"))
 
