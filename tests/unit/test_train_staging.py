@@ -5,7 +5,6 @@ live in a tmp directory."""
 from __future__ import annotations
 
 import dataclasses
-
 import subprocess
 from pathlib import Path
 
