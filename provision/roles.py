@@ -109,6 +109,9 @@ def load_role(name: str, roles_dir: Path = ROLES_DIR) -> Role:
     if not isinstance(data, dict):
         raise RoleError(f"{path}: a role file must be a mapping with {', '.join(ROLE_KEYS)}")
     problems = _check_keys(data, (*ROLE_KEYS, "__line__"), str(path), "role")
+    for key, kind in (("args", dict), ("tasks", list), ("cluster_checks", list)):
+        if not isinstance(data.get(key) or kind(), kind):
+            raise RoleError(f"{path}: {key} must be a {'mapping' if kind is dict else 'list'}")
     args: dict[str, Setting] = {}
     defaults: dict[str, Any] = {}
     for arg, spec in (data.get("args") or {}).items():

@@ -77,7 +77,9 @@ class ServiceState(Fact):
 
     def parse(self, stdout: str, rc: int) -> tuple[bool, bool]:
         words = stdout.split()
-        return ("enabled" in words, "active" in words)
+        # static (started by another unit) and enabled-runtime count as enabled: `systemctl
+        # enable` could not make them more so.
+        return (bool({"enabled", "static", "enabled-runtime"} & set(words)), "active" in words)
 
 
 @dataclass(frozen=True)

@@ -190,3 +190,11 @@ def test_check_args(roles):
         f"{template_task.where}: template arg dest: must be an absolute path, got 'etc/x'",
         f"{template_task.where}: template arg mode: must be a string, got int 644",
     ]
+
+
+def test_role_sections_of_the_wrong_kind_are_role_errors(tmp_path):
+    (tmp_path / "bad").mkdir()
+    for text, key in (("args: [a, b]\n", "args"), ("tasks: {a: 1}\n", "tasks")):
+        (tmp_path / "bad" / "role.yml").write_text(text)
+        with pytest.raises(RoleError, match=f"{key} must be a"):
+            load_role("bad", tmp_path)
