@@ -19,6 +19,8 @@ from provision.errors import InventoryError
 from provision.settings import ALIASES, CORE_SETTINGS, NAME_RE, Setting, check_value, suggest
 
 GROUP_KEYS = ("hosts", "vars", "children")
+# Setting types whose -e value is read as YAML (numbers, booleans, lists, mappings).
+TYPED_VALUES = ("int", "float", "bool", "port", "list", "dict")
 
 
 @dataclass(frozen=True)
@@ -251,11 +253,14 @@ def parse_extra_vars(assignments: list[str] | tuple[str, ...],
         if not sep or not key:
             problems.append(f"-e {assignment!r}: expected KEY=VALUE")
             continue
+        setting = known.get(name)
         try:
             value = yaml.safe_load(text) if text else ""
         except yaml.YAMLError:
             value = text
-        setting = known.get(name)
+        if setting is not None and setting.type not in TYPED_VALUES and \
+                not isinstance(value, str):
+            value = text  # a string setting keeps what was typed: mode=0777 is not 511
         problem = check_value(setting, value) if setting else None
         hint = None if setting or key.startswith("ansible_") else suggest(key, list(known))
         if problem:

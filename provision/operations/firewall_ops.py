@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from provision.facts.files import PathInfo, PathState
+from provision.facts.system import Os, ServiceState
 from provision.facts.firewall import (TAG, FirewallInfo, FirewallState, IptablesFilter,
                                       NftRuleset, UfwRule, UfwStatus)
 from provision.operations.base import (Change, Command, FactValues, Failure, HostContext,
@@ -197,7 +198,11 @@ def plan_nftables(args: dict, info: FirewallInfo, wanted: Wanted, facts: FactVal
     live_ok = _nft_live_ok(ruleset, wanted, chains)
     file_ok = _same(facts[PathState(path, True)], content)
     conf_ok = include in conf_text.splitlines()
-    if live_ok and file_ok and conf_ok:
+    # Debian ships nftables.service disabled: without it the conf (and our include) is never
+    # loaded at boot. It is only enabled, not started: starting it reloads the whole conf.
+    systemd = facts[Os()].systemd
+    boot_ok = not systemd or facts[ServiceState(NFT_UNIT)][0]
+    if live_ok and file_ok and conf_ok and boot_ok:
         return NoChange(f"nftables: {wanted.opened()}")
     commands = []
     if not live_ok:
@@ -214,8 +219,11 @@ def plan_nftables(args: dict, info: FirewallInfo, wanted: Wanted, facts: FactVal
         mode = {"mode": conf_info.mode if conf_info else "0755"}   # Debian's is an nft script
         commands.append(Command(write_file_script(conf, mode, backup=conf_info is not None),
                                 stdin=new_conf.encode()))
+    if not boot_ok:
+        commands.append(Command(["systemctl", "enable", NFT_UNIT]))
     return Change(f"nftables: make {wanted.opened()}"
-                  + _updating((live_ok, "live rules"), (file_ok, path), (conf_ok, conf)),
+                  + _updating((live_ok, "live rules"), (file_ok, path), (conf_ok, conf),
+                              (boot_ok, f"{NFT_UNIT} enabled at boot")),
                   tuple(commands))
 
 
@@ -415,9 +423,13 @@ PLANNERS = {"nftables": plan_nftables, "iptables": plan_iptables, "ufw": plan_uf
             "firewalld": plan_firewalld}
 
 
+NFT_UNIT = "nftables.service"
+
+
 def _facts(args: dict) -> list:
     return [FirewallState(), PathState(args["nftables_file"], True),
-            PathState(args["nftables_conf"], True), PathState(args["iptables_rules_file"], True)]
+            PathState(args["nftables_conf"], True), PathState(args["iptables_rules_file"], True),
+            Os(), ServiceState(NFT_UNIT)]
 
 
 @operation("firewall_open",

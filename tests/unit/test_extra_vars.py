@@ -202,3 +202,12 @@ def test_e_that_points_every_host_at_one_address_is_refused(inventory):
     result = invoke("exec", inventory, "-e", "ansible_host=127.0.0.1", "true")
     assert result.exit_code == 2
     assert "both point at 127.0.0.1:" in result.output
+
+
+def test_a_string_setting_keeps_what_was_typed():
+    """YAML would read 0777 as the number 511; a string setting (a mode) takes the text."""
+    from provision.settings import Setting
+    extra, problems = parse_extra_vars(["mode=0777", "count=0777"],
+                                       {"mode": Setting("mode", "str"),
+                                        "count": Setting("count", "int")})
+    assert problems == [] and extra == {"mode": "0777", "count": 511}

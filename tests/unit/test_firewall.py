@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from provision.facts.files import PathInfo, PathState
+from provision.facts.system import Os, OsInfo, ServiceState
 from provision.facts.firewall import (TAG, Firewalld, FirewallInfo, FirewallState,
                                       parse_firewalld_zone, parse_iptables, parse_nft_json,
                                       parse_ufw_status)
@@ -42,10 +43,13 @@ def file_info(content: str | None, mode: str = "644") -> PathInfo | None:
     return PathInfo("file", mode, "root", "root", len(data), hashlib.sha256(data).hexdigest(), data)
 
 
-def plan(info: FirewallInfo, args: dict | None = None, files: dict | None = None):
+def plan(info: FirewallInfo, args: dict | None = None, files: dict | None = None,
+         systemd: bool = False, unit_enabled: bool = False):
     args = {**ARGS, **(args or {})}
     files = {"nftables_conf": DEBIAN_CONF, **(files or {})}
-    facts = {FirewallState(): info}
+    facts = {FirewallState(): info,
+             Os(): OsInfo("debian", (), "12", "x86_64", "apt", systemd),
+             ServiceState("nftables.service"): (unit_enabled, False)}
     for key in ("nftables_file", "nftables_conf", "iptables_rules_file"):
         facts[PathState(args[key], True)] = file_info(files.get(key))
     return REGISTRY["firewall_open"].plan(args, facts, CTX)
@@ -343,3 +347,16 @@ def test_role_sources_default_to_the_training_hosts(tmp_path, extra, host, expec
     assert evaluate(task.when, variables)
     args = render(task.args, variables)
     assert args["sources"] == expected and args["ports"] == ["29500"]
+
+
+def test_nftables_service_is_enabled_for_boot_on_systemd_hosts_never_started():
+    """Debian ships nftables.service disabled: the rules file would never load at boot."""
+    baseline = parse_nft_json(text("nft-baseline-drop.json"))
+    files = {"nftables_file": nft_rules_file(wanted(), baseline.input_chains()),
+             "nftables_conf": DEBIAN_CONF + 'include "/etc/nftables.d/provision-training.nft"\n'}
+    ours = FirewallInfo(nft=parse_nft_json(text("nft-ours.json")))
+    outcome = plan(ours, files=files, systemd=True)
+    assert isinstance(outcome, Change)
+    assert [c.run for c in outcome.commands] == [["systemctl", "enable", "nftables.service"]]
+    assert "nftables.service enabled at boot" in outcome.description
+    assert isinstance(plan(ours, files=files, systemd=True, unit_enabled=True), NoChange)
