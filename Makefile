@@ -7,7 +7,7 @@ APT_PACKAGES := openssh-server openssh-client iproute2 nftables iptables chrony 
 LAB_INVENTORY := .lab/plab/inventory.yaml
 PYTEST_FLAGS ?= -q
 
-.PHONY: deps test test-unit test-lab test-vm demo lab-down clean
+.PHONY: deps deps-vm test test-unit test-lab test-vm demo lab-down clean
 
 deps: $(VENV)/.installed
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -32,8 +32,19 @@ test-unit: deps
 test-lab: deps
 	$(PY) -m pytest $(PYTEST_FLAGS) -m lab tests
 
-test-vm: deps
-	$(PY) -m pytest $(PYTEST_FLAGS) -m vm tests
+# The VM tier: real kernel NFS, systemd, reboots; QEMU (software emulation) driven by the
+# project's own vagrant/Vagrantfile through vagrant-libvirt. The image is built from Debian's
+# packages and cached in /var/cache/provision-vm (PROVISION_VM_CACHE).
+VM_APT_PACKAGES := qemu-system-x86 qemu-utils debootstrap vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients e2fsprogs
+deps-vm: deps
+	@missing=$$(for p in $(VM_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing apt packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+test-vm: deps-vm
+	$(PY) -m pytest $(PYTEST_FLAGS) -m vm tests/vm
 
 # The whole flow on a 3-host lab. Miniconda cannot be downloaded on a machine without internet
 # access, so the demo installs it from the tests' installer stand-in (tests/doubles); on real

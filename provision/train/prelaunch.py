@@ -90,12 +90,18 @@ def _inspect(session: HostSession, config: TrainConfig, script_in_place: bool) -
     return report
 
 
-PROBE_LISTEN = ("import socket,sys\n"
+# Accepts the other nodes' connections; stops early when the controller closes its stdin, so
+# the port is free again before torchrun needs it.
+PROBE_LISTEN = ("import select,socket,sys,time\n"
                 "s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-                "s.bind(('', int(sys.argv[1]))); s.listen(64); s.settimeout(10)\n"
+                "s.bind(('', int(sys.argv[1]))); s.listen(64)\n"
                 "print('listening', flush=True)\n"
-                "for _ in range(int(sys.argv[2])):\n"
-                "    s.accept()[0].close()\n")
+                "left, deadline = int(sys.argv[2]), time.time() + 10\n"
+                "while left > 0:\n"
+                "    ready = select.select([s, sys.stdin], [], [], max(0, deadline - time.time()))[0]\n"
+                "    if not ready or sys.stdin in ready:\n"
+                "        break\n"
+                "    s.accept()[0].close(); left -= 1\n")
 PROBE_CONNECT = ("import socket,sys\n"
                  "socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n")
 
@@ -107,9 +113,11 @@ def _probe_port(sessions: dict[str, HostSession], config: TrainConfig,
     others = [n.name for n in config.nodes if n.name != config.master.name]
     master = sessions[config.master.name]
     listener = master.connection.start(
-        [config.python, "-c", PROBE_LISTEN, str(config.master_port), str(len(others))])
+        [config.python, "-c", PROBE_LISTEN, str(config.master_port), str(len(others))],
+        hold_stdin=True)
     started = listener.channel.recv(64)
     if b"listening" not in started:
+        listener.channel.shutdown_write()
         result = listener.wait(10)
         reports[config.master.name].problems.append(
             f"cannot listen on port {config.master_port}: {result.describe_failure()}")
@@ -126,7 +134,8 @@ def _probe_port(sessions: dict[str, HostSession], config: TrainConfig,
 
     with ThreadPoolExecutor(max_workers=len(others)) as pool:
         list(pool.map(connect, others))
-    listener.channel.close()
+    listener.channel.shutdown_write()
+    listener.wait(15)  # it has exited, and let the port go, before torchrun binds it
 
 
 def check_nodes(sessions: dict[str, HostSession], config: TrainConfig, script_in_place: bool,
