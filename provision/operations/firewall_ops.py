@@ -109,10 +109,12 @@ def choose_backend(info: FirewallInfo, wanted: str) -> str | None:
 # -- nftables ------------------------------------------------------------------------------------
 
 def _nft_accept_chains(ruleset: NftRuleset) -> list:
-    """Every other table's input base chain (iptables-nft's excepted): a packet must be accepted
-    by every input chain, so each gets our tagged accept rule at its top."""
+    """Every other table's input base chain that drops or rejects (iptables-nft's excepted): a
+    packet must be accepted by every input chain, so each of those gets our tagged accept rule
+    at its top. Chains that accept everything need none, which keeps the state stable when the
+    boot configuration brings such a table back (Debian's default `inet filter`)."""
     return [c for c in ruleset.input_chains() if c.table != NFT_TABLE
-            and not ruleset.is_iptables_table(c.family, c.table)]
+            and not ruleset.is_iptables_table(c.family, c.table) and ruleset.drops_input(c)]
 
 
 def nft_rules_file(wanted: Wanted, chains: list) -> str:
