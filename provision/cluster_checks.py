@@ -3,7 +3,7 @@ has run its tasks, over the connections still open.
 
 A check is a function (sessions, inventory, role, check_mode) -> list[TaskResult] (in check
 mode it must change nothing, not even a temporary file). A check should read what the run
-already knows (session.facts, session.gathered, session.tasks) rather than run more commands,
+already knows (session.facts, session.tasks) rather than run more commands,
 so that a run with nothing to change stays at one round trip per host. Registered with
 @cluster_check(name) (in the modules of provision.operations, all imported with it) and named
 in a role file's `cluster_checks:`.

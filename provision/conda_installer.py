@@ -18,7 +18,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_VERSION = "py311_24.7.1-0"
 OFFICIAL_BASE = "https://repo.anaconda.com/miniconda/"
 # Published checksums of the official installers (repo.anaconda.com/miniconda/ lists them; the
 # x86_64 one is also pinned in public Dockerfiles). Other versions or architectures: set

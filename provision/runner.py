@@ -8,7 +8,6 @@ but fact gathering runs.
 
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -46,7 +45,6 @@ class HostSession:
         self.connection = connection
         self.round_trips = 0
         self.facts: dict[Fact, Any] = {}          # the latest value of every fact gathered
-        self.gathered: tuple[float, float] | None = None  # controller time around that batch
         self.tasks: list[TaskResult] = []         # this run's task results on the host
 
     def changed(self, role: str) -> bool:
@@ -62,9 +60,7 @@ class HostSession:
         if not unique:
             return {}
         script, marker = batch_script(unique)
-        sent = time.time()
         result = self.run(script)
-        self.gathered = (sent, time.time())
         if marker not in result.stdout:
             # Not even the first fact ran: sudo or the shell itself refused.
             raise ValueError(f"the fact script did not run ({result.describe_failure()})")

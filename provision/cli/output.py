@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 
 import click
@@ -60,10 +59,6 @@ def recap(results: list[HostResult]) -> None:
     for r in results:
         if r.unreachable:
             emit(click.style(f"UNREACHABLE {r.unreachable}", fg="magenta"), err=True)
-
-
-def is_terminal() -> bool:
-    return sys.stdout.isatty()
 
 
 def readiness(results: list[HostResult]) -> dict[str, dict[str, str]]:

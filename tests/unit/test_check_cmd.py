@@ -94,9 +94,7 @@ def test_readiness_table_counts_skipped_as_ready(capsys):
 
 # --- the command ------------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("isolated_home")
 
 
 @pytest.fixture

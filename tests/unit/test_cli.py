@@ -30,9 +30,7 @@ all:
 """
 
 
-@pytest.fixture(autouse=True)
-def no_user_ssh_config(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("isolated_home")
 
 
 @pytest.fixture

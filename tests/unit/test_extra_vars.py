@@ -34,9 +34,7 @@ all:
 """
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOME", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("isolated_home")
 
 
 @pytest.fixture
