@@ -48,6 +48,7 @@ def report(result: JobResult) -> None:
     if result.root_cause is not None:
         cause = result.root_cause
         what = (f"lost its connection ({cause.lost})" if cause.lost
+                else f"could not be followed ({cause.error})" if cause.error
                 else f"exited with code {cause.exit_code}")
         worker = cause.worker_failure()
         if worker is not None:
@@ -63,6 +64,8 @@ def report(result: JobResult) -> None:
             continue
         if node.lost:
             state = f"connection lost: {node.lost}"
+        elif node.error:
+            state = f"controller error: {node.error}"
         elif node.stopped_by_teardown:
             state = "stopped by teardown"
         else:

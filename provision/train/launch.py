@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from provision.connection import RemoteProcess
 from provision.errors import HostUnreachable
 from provision.runner import HostSession
 from provision.train.argv import NodeCommand, remote_script
@@ -41,6 +40,7 @@ class NodeOutcome:
     rank: int
     exit_code: int | None = None          # None: still running, or stopped by teardown
     lost: str | None = None               # the connection died
+    error: str | None = None              # the controller failed following the node
     finished_at: float | None = None
     stopped_by_teardown: bool = False
     survivors: int | None = None          # job processes left after teardown (None: unknown)
@@ -62,8 +62,8 @@ class NodeOutcome:
 
     @property
     def failed(self) -> bool:
-        return self.lost is not None or (self.exit_code not in (None, 0)
-                                          and not self.stopped_by_teardown)
+        return self.lost is not None or self.error is not None or (
+            self.exit_code not in (None, 0) and not self.stopped_by_teardown)
 
 
 @dataclass
@@ -102,10 +102,11 @@ class Job:
         self.sink = sink
         self.grace = grace
         self.outcomes = {n.name: NodeOutcome(n.name, config.node_rank(n)) for n in config.nodes}
-        self.processes: dict[str, RemoteProcess] = {}
         self.changed = threading.Event()
         self.interrupted = threading.Event()
         self._lock = threading.Lock()
+        self._starts_done = threading.Condition(self._lock)
+        self._starting = 0        # nodes whose start is in flight; teardown waits for them
         self.stopping = False     # set once by teardown; no node starts after it
 
     def interrupt(self) -> None:
@@ -130,7 +131,8 @@ class Job:
             with self._lock:
                 failed = sorted((o for o in self.outcomes.values() if o.failed),
                                 key=lambda o: o.finished_at or 0)
-                done = all(o.exit_code is not None or o.lost for o in self.outcomes.values())
+                done = all(o.exit_code is not None or o.lost or o.error
+                           for o in self.outcomes.values())
             if failed or self.interrupted.is_set():
                 root_cause = failed[0] if failed else None
                 began = time.monotonic()
@@ -159,22 +161,31 @@ class Job:
             try:
                 script = supervised_script(remote_script(self.commands[name]),
                                            self.config.run_id, self.grace)
-                # Started under the lock that teardown takes first: a node is either started
-                # before teardown looks for the job's processes, or never started at all.
+                # A node either starts before teardown looks for the job's processes (teardown
+                # waits for starts in flight), or never starts at all. Starts run in parallel:
+                # holding the lock across one would serialise every node's SSH connect.
                 with self._lock:
                     if self.stopping:
                         outcome.stopped_by_teardown = True
                         return
+                    self._starting += 1
+                try:
                     process = session.connection.start(script, hold_stdin=True)
-                    self.processes[name] = process
+                finally:
+                    with self._lock:
+                        self._starting -= 1
+                        self._starts_done.notify_all()
                 session.round_trips += 1
                 result = process.wait(float("inf"), on_line)
-                code, lost = result.exit_code, None
+                code, lost, error = result.exit_code, None, None
             except HostUnreachable as exc:
-                code, lost = None, str(exc)
+                code, lost, error = None, str(exc), None
                 log.write(f"[provision] {exc}\n")
+            except Exception as exc:  # noqa: BLE001 - a dead follower must not hang the job
+                code, lost, error = None, None, f"{type(exc).__name__}: {exc}"
+                log.write(f"[provision] controller error: {error}\n")
         with self._lock:
-            outcome.exit_code, outcome.lost = code, lost
+            outcome.exit_code, outcome.lost, outcome.error = code, lost, error
             outcome.finished_at = time.time()
         self.changed.set()
 
@@ -182,6 +193,7 @@ class Job:
         """Stop the job on every node still running it, in parallel, and count survivors."""
         with self._lock:
             self.stopping = True
+            self._starts_done.wait_for(lambda: self._starting == 0)
 
         def stop(name: str) -> None:
             outcome = self.outcomes[name]
@@ -205,6 +217,7 @@ def write_summary(result: JobResult, path: Path, command: list[str], inventory_s
                   config: TrainConfig) -> None:
     def node(o: NodeOutcome) -> dict:
         return {"host": o.host, "rank": o.rank, "exit_code": o.exit_code, "lost": o.lost,
+                "error": o.error,
                 "stopped_by_teardown": o.stopped_by_teardown, "survivors": o.survivors,
                 "finished_at": o.finished_at}
     summary = {

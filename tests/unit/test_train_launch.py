@@ -284,6 +284,24 @@ def test_all_nodes_succeed(harness):
     assert result.started <= result.ended
 
 
+def test_nodes_start_in_parallel(harness):
+    # Every node's start (an SSH connect, in real life) waits for all the others to begin:
+    # starts made one at a time would break the barrier instead.
+    h = harness({name: "echo started" for name in ("node1", "node2", "node3")})
+    barrier = threading.Barrier(3, timeout=5)
+    for connection in h.connections.values():
+        start = connection.start
+
+        def start_together(*args, start=start, **kwargs):
+            barrier.wait()
+            return start(*args, **kwargs)
+        connection.start = start_together
+    result = h.run()
+
+    assert result.exit_code == 0
+    assert [o.exit_code for o in result.nodes] == [0, 0, 0]
+
+
 def up(tmp_path: Path, name: str) -> str:
     """A job line that marks the node's job as running, then keeps it running."""
     return f"touch {tmp_path}/{name}.up; sleep 30"
@@ -360,6 +378,24 @@ def test_a_lost_node_is_the_root_cause_with_255(harness, tmp_path):
     assert "connection lost" in (h.log_dir / "node2.log").read_text()
 
 
+def test_a_controller_error_following_a_node_fails_the_job_instead_of_hanging_it(harness,
+                                                                                  tmp_path):
+    h = harness({"node1": up(tmp_path, "node1"), "node2": "echo boom"})
+
+    def sink(host, rank, stream, line):
+        if host == "node2":
+            raise OSError(5, "Input/output error")    # e.g. the controller's stdout went away
+    h.job.sink = sink
+    result = h.run()
+
+    assert result.root_cause.host == "node2"
+    assert result.root_cause.error == "OSError: [Errno 5] Input/output error"
+    assert result.exit_code == 255
+    assert result.nodes[0].stopped_by_teardown and result.nodes[0].survivors == 0
+    assert marked_pids(h.run_id) == set()
+    assert "controller error: OSError" in (h.log_dir / "node2.log").read_text()
+
+
 # --- write_summary ----------------------------------------------------------------------------
 
 def test_write_summary_shape(tmp_path):
@@ -382,11 +418,11 @@ def test_write_summary_shape(tmp_path):
         "started": 10.0, "ended": 14.0, "exit_code": 3, "interrupted": False,
         "teardown_seconds": 0.75,
         "root_cause": {"host": "node1", "rank": 0, "exit_code": 1, "lost": None,
-                       "stopped_by_teardown": False, "survivors": 0, "finished_at": 12.5},
+                       "error": None, "stopped_by_teardown": False, "survivors": 0, "finished_at": 12.5},
         "nodes": [
-            {"host": "node1", "rank": 0, "exit_code": 1, "lost": None,
+            {"host": "node1", "rank": 0, "exit_code": 1, "lost": None, "error": None,
              "stopped_by_teardown": False, "survivors": 0, "finished_at": 12.5},
-            {"host": "node2", "rank": 1, "exit_code": 143, "lost": None,
+            {"host": "node2", "rank": 1, "exit_code": 143, "lost": None, "error": None,
              "stopped_by_teardown": True, "survivors": 0, "finished_at": 13.0}]}
     assert path.read_text().endswith("\n")
 
