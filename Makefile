@@ -47,12 +47,17 @@ test-vm: deps-vm
 	$(PY) -m pytest $(PYTEST_FLAGS) -m vm tests/vm
 
 # The whole flow on a 3-host lab. Miniconda cannot be downloaded on a machine without internet
-# access, so the demo installs it from the tests' installer stand-in (tests/doubles); on real
-# hosts, `provision setup` downloads the official installer once and checks its sha256.
-DEMO_INSTALLER := $(CURDIR)/tests/doubles/miniconda-installer.sh
+# access, so the demo installs it from the tests' installer stand-in (tests/doubles), set to
+# install a venv of the virtualenv's Python (it has torch); on real hosts, `provision setup`
+# downloads the official installer once and checks its sha256.
+DEMO_INSTALLER := $(CURDIR)/.lab/Miniconda3-demo-installer.sh
 DEMO_VARS = -e conda_installer_path=$(DEMO_INSTALLER) \
-            -e conda_installer_sha256=$(shell sha256sum $(DEMO_INSTALLER) | cut -d' ' -f1)
-demo: deps
+            -e conda_installer_sha256=$$(sha256sum $(DEMO_INSTALLER) | cut -d' ' -f1)
+$(DEMO_INSTALLER): tests/doubles/miniconda-installer.sh $(VENV)/.installed
+	mkdir -p $(@D)
+	sed 's|^BASE_PYTHON=python3$$|BASE_PYTHON=$(abspath $(PY))|' $< > $@
+
+demo: deps $(DEMO_INSTALLER)
 	$(PROVISION) lab up --hosts 3
 	$(PROVISION) setup $(LAB_INVENTORY) $(DEMO_VARS)
 	$(PROVISION) setup $(LAB_INVENTORY) $(DEMO_VARS)   # again: nothing to change

@@ -119,6 +119,11 @@ def train_rows(train: dict) -> list[list[str]]:
                 worst = max(gone) if len(gone) == len(runs) else None
                 rows.append(_row(label, nodes, summarize(gone), target=target,
                                  mark=verdict(worst, limit)))
+        local_stops = [t for t in train.get("concurrent_teardown", {}).get(str(nodes), [])
+                       if t is not None]
+        if local_stops:
+            rows.append(_row(f"  profile: {nodes} plain local torchruns, SIGTERM to all gone",
+                             nodes, summarize(local_stops)))
         orphans = [j.get("orphans") for j in mine if j.get("orphans") is not None]
         if orphans:
             rows.append(["train: orphaned processes (all runs)", str(nodes), str(sum(orphans)),

@@ -59,10 +59,11 @@ class FirstLines:
         self.done.set()
 
 
-def local_torchrun(copies: int = 1) -> float | None:
+def local_torchrun(copies: int = 1) -> tuple[float | None, float | None]:
     """Seconds until the script's first line under a plain single-node torchrun here; with
     copies > 1, until each of that many torchruns started at once has printed it (the CPU
-    contention of N nodes sharing this machine's cores, without provision)."""
+    contention of N nodes sharing this machine's cores, without provision). Second: seconds
+    from SIGTERM to every one of them, and their workers, gone (what a teardown cannot beat)."""
     start = time.monotonic()
     processes = [subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=1",
@@ -72,6 +73,7 @@ def local_torchrun(copies: int = 1) -> float | None:
     readers = [FirstLines(process, 1, start) for process in processes]
     for reader in readers:
         reader.done.wait(120)
+    sent = time.monotonic()
     for process in processes:
         os.killpg(process.pid, signal.SIGTERM)
     for process in processes:
@@ -80,8 +82,19 @@ def local_torchrun(copies: int = 1) -> float | None:
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+    while any(_group_alive(process.pid) for process in processes):
+        time.sleep(0.02)
+    gone = time.monotonic() - sent
     times = [r.all_at for r in readers if r.all_at is not None]
-    return max(times) if len(times) == len(readers) else None
+    return (max(times) if len(times) == len(readers) else None), gone
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def one_job(inventory: Path, nodes: int, runs_dir: Path, stop: str) -> dict:
@@ -157,17 +170,20 @@ def one_job(inventory: Path, nodes: int, runs_dir: Path, stop: str) -> dict:
 
 def measure(node_counts: list[int], runs: int, workdir: Path, log) -> dict:
     result: dict = {"node_counts": node_counts, "baseline": [], "concurrent_baseline": {},
-                    "jobs": []}
+                    "concurrent_teardown": {}, "jobs": []}
     for index in range(runs):
-        seconds = local_torchrun()
+        seconds, _ = local_torchrun()
         result["baseline"].append(seconds)
         log(f"  plain local torchrun, first line: {_fmt(seconds)} s")
     for nodes in node_counts:
         times = result["concurrent_baseline"][str(nodes)] = []
+        stops = result["concurrent_teardown"][str(nodes)] = []
         for index in range(runs):
-            times.append(local_torchrun(nodes))
+            first, gone = local_torchrun(nodes)
+            times.append(first)
+            stops.append(gone)
             log(f"  {nodes} plain local torchruns at once, every first line: "
-                f"{_fmt(times[-1])} s")
+                f"{_fmt(first)} s, SIGTERM to all gone {_fmt(gone)} s")
     size = max(node_counts)
     with clusters.cluster(size, training=size, log=log) as lab:
         prepare(lab)

@@ -130,11 +130,20 @@ def create_users(config: dict) -> None:
             os.chown(path, uid, gid)
 
 
+def fresh_root_shell() -> None:
+    """Root's ~/.bashrc as on a freshly installed server. bash sources it for every command run
+    over SSH, and this machine's own (pyenv or conda init, say) would add ~0.1 s of CPU to each
+    round trip on every host, which no lab figure should carry."""
+    skel = "/etc/skel/.bashrc"
+    write_file("/root/.bashrc", _read(skel) if os.path.exists(skel) else "", 0o644)
+
+
 def boot(config: dict) -> None:
     socket.sethostname(config["hostname"])
     build_filesystem(config)
     write_file("/etc/hosts", hosts_file(json.loads(_read(config["hosts_json"]))), 0o644)
     create_users(config)
+    fresh_root_shell()
     subprocess.Popen(config["sshd_argv"], stdin=subprocess.DEVNULL)
 
 

@@ -104,6 +104,8 @@ PROBE_LISTEN = ("import select,socket,sys,time\n"
                 "    s.accept()[0].close(); left -= 1\n")
 PROBE_CONNECT = ("import socket,sys\n"
                  "socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=3).close()\n")
+# Standard library only: -I -S skip site-packages and their .pth files (slow in a big env).
+PROBE_PYTHON_FLAGS = ["-I", "-S", "-c"]
 
 
 def _probe_port(sessions: dict[str, HostSession], config: TrainConfig,
@@ -113,8 +115,8 @@ def _probe_port(sessions: dict[str, HostSession], config: TrainConfig,
     others = [n.name for n in config.nodes if n.name != config.master.name]
     master = sessions[config.master.name]
     listener = master.connection.start(
-        [config.python, "-c", PROBE_LISTEN, str(config.master_port), str(len(others))],
-        hold_stdin=True)
+        [config.python, *PROBE_PYTHON_FLAGS, PROBE_LISTEN, str(config.master_port),
+         str(len(others))], hold_stdin=True)
     started = listener.channel.recv(64)
     if b"listening" not in started:
         listener.channel.shutdown_write()
@@ -124,8 +126,9 @@ def _probe_port(sessions: dict[str, HostSession], config: TrainConfig,
         return
 
     def connect(name: str) -> None:
-        result = sessions[name].run([config.python, "-c", PROBE_CONNECT, config.master.address,
-                                     str(config.master_port)], timeout=10)
+        result = sessions[name].run([config.python, *PROBE_PYTHON_FLAGS, PROBE_CONNECT,
+                                     config.master.address, str(config.master_port)],
+                                    timeout=10)
         if not result.ok:
             reports[name].problems.append(
                 f"cannot connect to the master {config.master.name} at "

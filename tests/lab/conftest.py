@@ -17,6 +17,7 @@ import pytest
 
 from provision.lab import OVERLAY_DIRS, Lab
 
+INSTALLER_DOUBLE = Path(__file__).resolve().parents[1] / "doubles" / "miniconda-installer.sh"
 LAB_HOSTS = 4          # the last host stays out of the training group: a host outside the cluster
 TRAINING_HOSTS = 3
 LAB_NAME = os.environ.get("PROVISION_TEST_LAB_NAME", "plabt")
@@ -106,6 +107,16 @@ def run_provision(*args: str, timeout: float = 300, env: dict | None = None,
     return subprocess.run([sys.executable, "-m", "provision", *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, input=input,
                           env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def installer_double(tmp_path_factory) -> Path:
+    """The Miniconda installer double, installing a venv of this Python (which has torch): a
+    lab host's plain PATH has only the system's python3."""
+    path = tmp_path_factory.mktemp("installer") / "Miniconda3-py311_24.7.1-0-Linux-x86_64.sh"
+    path.write_text(INSTALLER_DOUBLE.read_text().replace(
+        "\nBASE_PYTHON=python3\n", f"\nBASE_PYTHON={sys.executable}\n", 1))
+    return path
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,19 +13,9 @@ import torch
 
 from provision.operations.conda_ops import DEFAULT_ENV_FILE
 
-DOUBLE = Path(__file__).resolve().parents[1] / "doubles" / "miniconda-installer.sh"
 PREFIX = "/opt/miniconda3"
 ENV = f"{PREFIX}/envs/train"
 CONDA = ["--role", "conda", "--json"]
-
-
-@pytest.fixture(scope="module")
-def installer(tmp_path_factory) -> Path:
-    """The installer double, with the Python that has torch as the Python it installs."""
-    path = tmp_path_factory.mktemp("installer") / "Miniconda3-py311_24.7.1-0-Linux-x86_64.sh"
-    path.write_text(DOUBLE.read_text().replace("\nBASE_PYTHON=python3\n",
-                                               f"\nBASE_PYTHON={sys.executable}\n", 1))
-    return path
 
 
 @pytest.fixture
@@ -56,13 +45,14 @@ def tasks(host_report: dict) -> dict[str, tuple[str, str]]:
     return {t["task"]: (t["status"], t["message"]) for t in host_report["tasks"]}
 
 
-def test_check_on_fresh_hosts_reports_and_changes_nothing(lab, training, installer,
+def test_check_on_fresh_hosts_reports_and_changes_nothing(lab, training, installer_double,
                                                           make_inventory, cli):
     # The lab's own directory is mounted back into each host when the checkout lies under /tmp:
     # it is the machine's, not the host's, so it is left out.
     listing = f"find /opt /tmp -path {lab.dir.resolve()} -prune -o -print | sort"
     before = {h: lab.sh(h, listing).stdout for h in training}
-    code, hosts = run(cli, make_inventory(vars=conda_vars(installer), hosts=training), "--check")
+    code, hosts = run(cli, make_inventory(vars=conda_vars(installer_double), hosts=training),
+                      "--check")
     assert code == 0
     for name in training:
         got = tasks(hosts[name])
@@ -73,9 +63,9 @@ def test_check_on_fresh_hosts_reports_and_changes_nothing(lab, training, install
         assert lab.sh(name, listing).stdout == before[name]
 
 
-def test_wrong_checksum_is_refused_and_nothing_installed(lab, training, installer,
+def test_wrong_checksum_is_refused_and_nothing_installed(lab, training, installer_double,
                                                          make_inventory, cli):
-    inventory = make_inventory(vars=conda_vars(installer, conda_installer_sha256="0" * 64),
+    inventory = make_inventory(vars=conda_vars(installer_double, conda_installer_sha256="0" * 64),
                                hosts=training[:1])
     code, hosts = run(cli, inventory)
     assert code == 3
@@ -84,9 +74,9 @@ def test_wrong_checksum_is_refused_and_nothing_installed(lab, training, installe
     assert lab.sh(training[0], f"test -e {PREFIX}", check=False).returncode == 1
 
 
-def test_setup_builds_the_env_once_and_reports_its_versions(lab, training, installer,
+def test_setup_builds_the_env_once_and_reports_its_versions(lab, training, installer_double,
                                                            make_inventory, cli):
-    inventory = make_inventory(vars=conda_vars(installer), hosts=training)
+    inventory = make_inventory(vars=conda_vars(installer_double), hosts=training)
     code, hosts = run(cli, inventory)
     assert code == 0, hosts
     lock = hashlib.sha256(DEFAULT_ENV_FILE.read_bytes()).hexdigest()
@@ -110,11 +100,11 @@ def test_setup_builds_the_env_once_and_reports_its_versions(lab, training, insta
         assert again[name]["round_trips"] == 1
 
 
-def test_lock_change_interrupted_build_and_differing_hosts(lab, training, installer,
+def test_lock_change_interrupted_build_and_differing_hosts(lab, training, installer_double,
                                                           make_inventory, cli, tmp_path):
     lock = tmp_path / "environment.yml"
     lock.write_bytes(DEFAULT_ENV_FILE.read_bytes())
-    inventory = make_inventory(vars=conda_vars(installer, conda_env_file=str(lock)),
+    inventory = make_inventory(vars=conda_vars(installer_double, conda_env_file=str(lock)),
                                hosts=training)
     assert run(cli, inventory)[0] == 0
     first, rest = training[0], training[1:]
@@ -138,7 +128,7 @@ def test_lock_change_interrupted_build_and_differing_hosts(lab, training, instal
     # A host built from another lock: the cross-host check names the difference.
     other = tmp_path / "other.yml"
     other.write_text(lock.read_text() + "  - tqdm=4.66.5\n")
-    inventory = make_inventory(vars=conda_vars(installer, conda_env_file=str(lock)),
+    inventory = make_inventory(vars=conda_vars(installer_double, conda_env_file=str(lock)),
                                hosts=training, host_vars={first: {"conda_env_file": str(other)}},
                                name="differing.yaml")
     code, hosts = run(cli, inventory)

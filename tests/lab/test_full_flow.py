@@ -11,12 +11,11 @@ from pathlib import Path
 import yaml
 
 TESTS = Path(__file__).resolve().parents[1]
-INSTALLER = TESTS / "doubles" / "miniconda-installer.sh"
 MOUNT_NFS = TESTS / "doubles" / "mount.nfs"
 SMOKE = TESTS.parent / "examples" / "ddp_smoke.py"
 
 
-def test_setup_twice_check_and_train(scratch_lab, cli, tmp_path):
+def test_setup_twice_check_and_train(scratch_lab, cli, tmp_path, installer_double):
     lab = scratch_lab.up(3)
     server = lab.hosts[0]
     lab.sh(server.name, "mkdir -p /srv/export")
@@ -27,8 +26,8 @@ def test_setup_twice_check_and_train(scratch_lab, cli, tmp_path):
     data["all"]["vars"].update({
         "nfs_server": server.address, "nfs_export": "/srv/export",
         "nfs_mount_point": "/mnt/shared",
-        "conda_installer_path": str(INSTALLER),
-        "conda_installer_sha256": hashlib.sha256(INSTALLER.read_bytes()).hexdigest()})
+        "conda_installer_path": str(installer_double),
+        "conda_installer_sha256": hashlib.sha256(installer_double.read_bytes()).hexdigest()})
     inventory = tmp_path / "inventory.yaml"
     inventory.write_text(yaml.safe_dump(data))
 

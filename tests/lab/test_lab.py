@@ -120,6 +120,19 @@ def test_a_host_has_its_own_etc_opt_var_usr_root_home_tmp_run(lab: Lab):
         lab.sh(one, f"rm -f {' '.join(paths)}")
 
 
+def test_roots_shell_starts_like_a_fresh_servers_not_like_this_machines(lab: Lab):
+    host = lab.hosts[0]
+    skel = Path("/etc/skel/.bashrc")
+    assert lab.sh(host, "cat /root/.bashrc").stdout == (skel.read_text() if skel.exists() else "")
+    # What bash runs for a command over SSH is the host's file: a variable the machine's own
+    # ~/.bashrc would set stays unset.
+    lab.sh(host, "sed -i '1i export LAB_RC_PROBE=sourced' /root/.bashrc")
+    try:
+        assert ssh(lab, host, "echo ${LAB_RC_PROBE:-unset}").stdout.strip() == "sourced"
+    finally:
+        lab.sh(host, f"cp {skel} /root/.bashrc" if skel.exists() else ": > /root/.bashrc")
+
+
 def test_srv_and_mnt_are_per_host_directories_of_the_lab(lab: Lab):
     one, two = lab.hosts[0], lab.hosts[1]
     lab.sh(one, "echo served > /srv/export-check && echo mounted > /mnt/mnt-check")

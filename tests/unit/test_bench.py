@@ -86,7 +86,8 @@ RESULTS = {
         "16": {"provision": _setup([1.0, 1.5, 9.0]) + _setup([0.1], returncode=3),
                "ansible": [{"wall_s": w, "returncode": 0} for w in (20.0, 30.0, 40.0)],
                "profile": [{"startup_s": 0.3, "exec_true_s": 0.7}]}},
-    "train": {"node_counts": [8], "baseline": [1.0, 2.0, 3.0], "jobs": [
+    "train": {"node_counts": [8], "baseline": [1.0, 2.0, 3.0],
+              "concurrent_teardown": {"8": [0.4, None, 0.6]}, "jobs": [
         {"nodes": 8, "stop": "sigint", "first_lines_s": 2.5, "checks_and_staging_s": 1.0,
          "all_gone_s": 1.0, "orphans": 0},
         {"nodes": 8, "stop": "node_death", "first_lines_s": 3.5, "all_gone_s": 11.0,
@@ -122,6 +123,8 @@ def test_report_train_rows():
     assert rows[("train: node death to all gone", "8")][-1] == "MISSED"
     assert rows[("train: Ctrl-C to all gone", "8")][-1] == "ok"
     assert rows[("train: orphaned processes (all runs)", "8")][0] == "0"
+    assert rows[("profile: 8 plain local torchruns, SIGTERM to all gone", "8")][:4] == \
+        ["0.50s", "0.40s", "0.60s", "2"]
 
 
 def test_report_header_names_load_and_missing_roles():
