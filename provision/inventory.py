@@ -286,7 +286,7 @@ def load_inventory(path: str | os.PathLike, known: dict[str, Setting] | None = N
     except OSError as exc:
         raise InventoryError([f"{path}: cannot read inventory: {exc.strerror or exc}"]) from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)

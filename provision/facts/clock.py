@@ -62,12 +62,14 @@ class TimeSync(Fact):
             'running() { pidof "$1" >/dev/null 2>&1 || '
             'pgrep -x "$(printf %.15s "$1")" >/dev/null 2>&1; }\n'
             'section() { echo "@@ $1"; shift; "$@" 2>&1; echo "@@ rc $?"; }\n'
-            f"for d in {' '.join(DAEMONS)}; do running $d && echo \"@@ running $d\"; done\n"
-            f"if running {CHRONYD}; then section tracking chronyc -n tracking; "
-            "section sources chronyc -n -c sources; fi\n"
-            f"if running {NTPD}; then section ntpq ntpq -pn; fi\n"
-            f"if running {TIMESYNCD}; then section timedatectl timedatectl show; "
-            "section timesync-status timedatectl timesync-status; fi\n"
+            # Each daemon is looked up once: a pgrep scans every process.
+            f"up=; for d in {' '.join(DAEMONS)}; do "
+            'running $d && echo "@@ running $d" && up="$up $d "; done\n'
+            f'case "$up" in *" {CHRONYD} "*) section tracking chronyc -n tracking; '
+            "section sources chronyc -n -c sources;; esac\n"
+            f'case "$up" in *" {NTPD} "*) section ntpq ntpq -pn;; esac\n'
+            f'case "$up" in *" {TIMESYNCD} "*) section timedatectl timedatectl show; '
+            "section timesync-status timedatectl timesync-status;; esac\n"
             "true")
 
     def parse(self, stdout: str, rc: int) -> ClockState:

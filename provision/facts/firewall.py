@@ -245,7 +245,12 @@ class FirewallState(Fact):
 
     def command(self) -> str:
         return "; ".join([
-            "if command -v ufw >/dev/null; then " + _section("ufw", "ufw status verbose") + "; fi",
+            # ufw's own test for "inactive" (its chains are not loaded: iptables says 1) without
+            # starting ufw, a Python program: ~50 ms of CPU per host on every run.
+            "if command -v ufw >/dev/null; then " + _section(
+                "ufw", "iptables -n -L ufw-user-input >/dev/null 2>&1; "
+                "if [ $? -eq 1 ]; then echo 'Status: inactive'; else ufw status verbose; fi")
+            + "; fi",
             "if command -v firewall-cmd >/dev/null && firewall-cmd --state >/dev/null 2>&1; then "
             + _section("firewalld", "firewall-cmd --list-all") + "; "
             + _section("firewalld-permanent", "firewall-cmd --permanent --list-all") + "; fi",
