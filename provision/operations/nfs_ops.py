@@ -24,7 +24,7 @@ from provision.facts.system import InstalledPackages, Os
 from provision.operations.base import (Change, Command, FactValues, Failure, HostContext,
                                        NoChange, operation)
 from provision.operations.files import write_file_script
-from provision.operations.system import package_op
+from provision.operations.system import install_missing
 from provision.plan import Status, TaskResult
 from provision.settings import Setting
 
@@ -63,17 +63,23 @@ def _check_options(options: list[str], what: str) -> None:
                          "vers=4.2 (letters, digits and _.:=/+- only; one option per list item)")
 
 
+def _every_family(server: bool) -> InstalledPackages:
+    """Facts come before the OS family is known: one query for the names of every family."""
+    return InstalledPackages(tuple(sorted({n for names in PACKAGES.values()
+                                           for n in names[server]})))
+
+
 @operation("nfs_packages", [Setting("server", "bool")],
-           facts=lambda a: [Os(), *(InstalledPackages(names[bool(a.get("server"))])
-                                    for names in PACKAGES.values())])
+           facts=lambda a: [Os(), _every_family(bool(a.get("server")))])
 def nfs_packages(args: dict, facts: FactValues, ctx: HostContext):
     """The NFS client (or server) packages of the host's OS family are installed."""
     os_info = facts[Os()]
     if os_info.family not in PACKAGES:
         return Failure(f"no NFS package known for {os_info.id} {os_info.version}: "
                        "install the NFS client yourself or use Debian/Ubuntu or RHEL")
-    names = PACKAGES[os_info.family][bool(args.get("server"))]
-    return package_op({"names": list(names)}, facts, ctx)
+    server = bool(args.get("server"))
+    return install_missing(PACKAGES[os_info.family][server], facts[_every_family(server)],
+                           os_info)
 
 
 def _mount_script(source: str, mount_point: str, options: list[str], timeout: int,

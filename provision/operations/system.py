@@ -16,10 +16,15 @@ from provision.settings import Setting
 def package_op(args: dict, facts: FactValues, ctx: HostContext):
     """The packages `names` are installed, with the host's package manager."""
     names = tuple(args["names"])
-    missing = [n for n in names if n not in facts[InstalledPackages(names)]]
+    return install_missing(names, facts[InstalledPackages(names)], facts[Os()])
+
+
+def install_missing(names: tuple[str, ...], installed: frozenset[str], os_info):
+    """The plan for package_op, from what is installed (a superset of `names` may be asked)."""
+    missing = [n for n in names if n not in installed]
     if not missing:
         return NoChange(f"installed: {', '.join(names)}")
-    manager = facts[Os()].package_manager
+    manager = os_info.package_manager
     if manager == "apt":
         argv = ["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q",
                 "--no-install-recommends", *missing]

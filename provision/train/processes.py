@@ -50,7 +50,9 @@ def supervised_script(job: str, run_id: str, grace: float) -> str:
             + "exec 3<&0\n"
             + f"( {job} ) </dev/null &\n"
             + "child=$!\n"
-            + "( while read -r _ <&3; do :; done; stop_job >/dev/null ) &\n"
+            # Once stopping, the watcher ignores the TERM below: the job's leader (torchrun)
+            # may exit at the first TERM while a worker that ignores it still waits for KILL.
+            + "( while read -r _ <&3; do :; done; trap '' TERM; stop_job >/dev/null ) &\n"
             + "watch=$!\n"
             + "wait $child; rc=$?\n"
             + "kill $watch 2>/dev/null\n"

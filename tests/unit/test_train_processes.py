@@ -217,3 +217,21 @@ def test_supervised_job_does_not_read_the_controllers_stdin(run_id):
             process.kill()
             process.wait(5)
         process.stdin.close()
+
+
+def test_supervised_job_whose_leader_exits_on_term_still_has_its_stubborn_child_killed(run_id):
+    # torchrun exits at the TERM while a worker that ignores TERM lives on: the supervising
+    # shell then sees its job end, and must not cut the stopping short before the KILL.
+    process = start_supervised(
+        f"env {RUN_ID_VAR}={run_id} sh -c '(trap \"\" TERM; exec sleep 60) & exec sleep 60'",
+        run_id, grace=0.5)
+    try:
+        assert wait_for(lambda: len(marked_pids(run_id)) == 2)
+        process.stdin.close()
+        assert wait_for(lambda: not marked_pids(run_id), 5)
+        assert process.wait(5) == 128 + signal.SIGTERM
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(5)
+        sh(stop_script(run_id, 0.1))
