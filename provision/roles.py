@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,13 +181,25 @@ def render(value: Any, variables: dict[str, Any]) -> Any:
     text = value.strip()
     if text.startswith("{{") and text.endswith("}}") and text.count("{{") == 1:
         return _expression(text[2:-2].strip(), variables)
-    return _JINJA.from_string(value).render(**variables)
+    return _template(value).render(**variables)
+
+
+# Compiled once per process, not once per host and task: compiling is most of the controller's
+# CPU per host otherwise.
+@functools.lru_cache(maxsize=None)
+def _template(source: str) -> jinja2.Template:
+    return _JINJA.from_string(source)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(expression: str):
+    # compile_expression turns an undefined result into None by default, which would hide a
+    # misspelt variable (a `when:` typo silently skipping its task): raise as templates do.
+    return _JINJA.compile_expression(expression, undefined_to_none=False)
 
 
 def _expression(expression: str, variables: dict[str, Any]) -> Any:
-    # compile_expression turns an undefined result into None by default, which would hide a
-    # misspelt variable (a `when:` typo silently skipping its task): raise as templates do.
-    value = _JINJA.compile_expression(expression, undefined_to_none=False)(**variables)
+    value = _compiled(expression)(**variables)
     if isinstance(value, jinja2.Undefined):
         value._fail_with_undefined_error()
     return value

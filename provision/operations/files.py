@@ -7,6 +7,7 @@ crash never leaves a half-written file; line edits keep a backup of the previous
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import re
 import shlex
@@ -133,10 +134,15 @@ def file_op(args: dict, facts: FactValues, ctx: HostContext):
 
 
 def render_template(role_dir: Path, src: str, variables: dict[str, Any]) -> str:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(role_dir / "templates")),
-                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                             autoescape=False)
-    return env.get_template(src).render(**variables)
+    return _templates(role_dir).get_template(src).render(**variables)
+
+
+@functools.lru_cache(maxsize=None)
+def _templates(role_dir: Path) -> jinja2.Environment:
+    """One environment per role: it compiles each template once, not once per host."""
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(role_dir / "templates")),
+                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                              autoescape=False)
 
 
 @operation("template", [Setting("src", "path"), DEST, MODE, OWNER, GROUP,
