@@ -9,6 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from provision.clock_skew import ClockReading, parse_remote_ns, skew_verdict
 from provision.facts.base import Fact
 from provision.facts.files import PathState
 from provision.facts.net import PortFree, RouteInterface
@@ -22,11 +23,13 @@ DEFAULT_MAX_SKEW_MS = 500.0
 
 @dataclass(frozen=True)
 class RemoteClock(Fact):
+    """The host's clock, in nanoseconds."""
+
     def command(self) -> str:
         return "date +%s.%N"
 
-    def parse(self, stdout: str, rc: int) -> float:
-        return float(stdout.strip())
+    def parse(self, stdout: str, rc: int) -> int:
+        return parse_remote_ns(stdout)
 
 
 @dataclass(frozen=True)
@@ -43,10 +46,9 @@ class Executable(Fact):
 @dataclass
 class NodeReport:
     host: str
+    clock: ClockReading
     ifname: str | None = None
     lock_hash: str | None = None
-    clock_offset: float = 0.0       # seconds, relative to the controller
-    clock_error: float = 0.0        # half the round trip: the offset's uncertainty
     problems: list[str] = field(default_factory=list)
 
 
@@ -56,7 +58,6 @@ def env_prefix(python: str) -> str:
 
 def _inspect(session: HostSession, config: TrainConfig, script_in_place: bool) -> NodeReport:
     host = session.connection.host
-    report = NodeReport(host.name)
     marker = os.path.join(env_prefix(config.python), LOCK_MARKER)
     facts: list[Fact] = [RemoteClock(), RouteInterface(config.master.address),
                          Executable(config.python), PathState(marker, True)]
@@ -64,11 +65,10 @@ def _inspect(session: HostSession, config: TrainConfig, script_in_place: bool) -
         facts.append(PortFree(config.master_port))
     if script_in_place:
         facts.append(PathState(config.script))
-    sent = time.time()
+    sent = time.time_ns()
     values = session.gather(facts)
-    received = time.time()
-    report.clock_offset = values[RemoteClock()] - (sent + received) / 2
-    report.clock_error = (received - sent) / 2
+    report = NodeReport(host.name, ClockReading(host.name, sent, values[RemoteClock()],
+                                                time.time_ns()))
     report.ifname = values[RouteInterface(config.master.address)]
     if report.ifname is None:
         report.problems.append(f"no route to the master {config.master.name} "
@@ -154,14 +154,17 @@ def check_nodes(sessions: dict[str, HostSession], config: TrainConfig, script_in
             report.problems.append(
                 f"training environments differ between nodes (lock {report.lock_hash}): "
                 "run `provision setup --tags conda` so every node has the same lock")
-    offsets = {name: r.clock_offset for name, r in reports.items()}
-    spread = (max(offsets.values()) - min(offsets.values())) * 1000
-    slack = max(r.clock_error for r in reports.values()) * 2000
-    if spread - slack > max_skew_ms:
-        for name, report in reports.items():
-            report.problems.append(
-                f"clock {offsets[name] * 1000:+.0f} ms from the controller; nodes differ by "
-                f"{spread:.0f} ms (limit {max_skew_ms:g} ms): run `provision setup --tags ntp`")
+    skew = skew_verdict([r.clock for r in reports.values()], max_skew_ms)
+    # A launch is refused only when the spread exceeds the limit beyond doubt: by more than
+    # twice the slowest round trip's half, the most the readings can be off.
+    slack = 2 * max(r.clock.uncertainty_ms for r in reports.values())
+    if skew.spread_ms - slack > max_skew_ms:
+        for name in sorted(skew.outliers):
+            reports[name].problems.append(
+                f"clock {reports[name].clock.offset_ms:+.0f} ms from the controller, "
+                f"{reports[name].clock.offset_ms - skew.median_ms:+.0f} ms from the median node's "
+                f"({skew.reference}); nodes differ by {skew.spread_ms:.0f} ms (limit "
+                f"{max_skew_ms:g} ms): run `provision setup --tags ntp`")
     if len(config.nodes) > 1 and not any(r.problems for r in reports.values()):
         _probe_port(sessions, config, reports)
     return reports

@@ -31,11 +31,6 @@ def _functions(run_id: str, grace: float) -> str:
         "}\n")
 
 
-def count_script(run_id: str) -> str:
-    """Prints how many processes of the job are alive."""
-    return _functions(run_id, 0) + "job_pids | wc -l\n"
-
-
 def stop_script(run_id: str, grace: float) -> str:
     """TERM every process of the job, KILL what is left after `grace` seconds, then print the
     number still alive (0 unless a process is stuck in the kernel)."""

@@ -15,8 +15,8 @@ from provision.errors import HostUnreachable
 from provision.inventory import Group, Host, Inventory
 from provision.operations import REGISTRY, Change, Failure, HostContext, NoChange, ntp_checks
 from provision.operations.files import render_template
-from provision.operations.ntp_checks import (SOURCES_SUMMARY_AWK, ClockReading, clock_verdict,
-                                             parse_remote_ns, skew_results, skew_verdict,
+from provision.clock_skew import ClockReading, parse_remote_ns, skew_verdict
+from provision.operations.ntp_checks import (SOURCES_SUMMARY_AWK, clock_verdict, skew_results,
                                              waitsync_script)
 from provision.plan import Status, TaskResult
 from provision.roles import load_role
