@@ -206,21 +206,6 @@ class LocalConnection:
             process.close()
 
 
-def marked_pids(run_id: str) -> set[int]:
-    wanted = f"{RUN_ID_VAR}={run_id}".encode()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if wanted in handle.read().split(b"\0"):
-                    found.add(int(entry))
-        except OSError:
-            continue
-    return found
-
-
 class Harness:
     def __init__(self, tmp_path: Path, scripts: dict[str, str], lost=None, grace=0.5):
         self.run_id = f"t-{uuid.uuid4().hex[:12]}"
@@ -245,8 +230,7 @@ class Harness:
                 connection.close()
 
     def cleanup(self) -> None:
-        if marked_pids(self.run_id):
-            subprocess.run(["sh", "-c", stop_script(self.run_id, 0.1)], env=CLEAN_ENV,
+        subprocess.run(["sh", "-c", stop_script(self.run_id, 0.1)], env=CLEAN_ENV,
                        capture_output=True)
 
 
@@ -313,7 +297,7 @@ def when_up(tmp_path: Path, *names: str) -> str:
     return f"until {files}; do sleep 0.05; done"
 
 
-def test_a_failed_node_is_the_root_cause_and_the_others_are_stopped(harness, tmp_path):
+def test_a_failed_node_is_the_root_cause_and_the_others_are_stopped(harness, tmp_path, marked_pids):
     started = time.monotonic()
     h = harness({"node1": up(tmp_path, "node1"),
                  "node2": f"{when_up(tmp_path, 'node1', 'node3')}; echo boom >&2; exit 3",
@@ -336,7 +320,7 @@ def test_a_failed_node_is_the_root_cause_and_the_others_are_stopped(harness, tmp
     assert "[stderr] boom" in (h.log_dir / "node2.log").read_text()
 
 
-def test_interrupt_stops_every_node_with_130(harness, tmp_path):
+def test_interrupt_stops_every_node_with_130(harness, tmp_path, marked_pids):
     h = harness({"node1": f"echo up; {up(tmp_path, 'node1')}",
                  "node2": f"echo up; {up(tmp_path, 'node2')}"})
 
@@ -361,7 +345,7 @@ def test_interrupt_stops_every_node_with_130(harness, tmp_path):
         [("node1", 0, "stdout", "up"), ("node2", 1, "stdout", "up")]
 
 
-def test_a_lost_node_is_the_root_cause_with_255(harness, tmp_path):
+def test_a_lost_node_is_the_root_cause_with_255(harness, tmp_path, marked_pids):
     h = harness({"node1": up(tmp_path, "node1"), "node2": up(tmp_path, "node2")},
                 lost={"node2": tmp_path / "node1.up"})
     result = h.run()
@@ -378,8 +362,8 @@ def test_a_lost_node_is_the_root_cause_with_255(harness, tmp_path):
     assert "connection lost" in (h.log_dir / "node2.log").read_text()
 
 
-def test_a_controller_error_following_a_node_fails_the_job_instead_of_hanging_it(harness,
-                                                                                  tmp_path):
+def test_a_controller_error_following_a_node_fails_the_job_instead_of_hanging_it(
+        harness, tmp_path, marked_pids):
     h = harness({"node1": up(tmp_path, "node1"), "node2": "echo boom"})
 
     def sink(host, rank, stream, line):
@@ -418,7 +402,8 @@ def test_write_summary_shape(tmp_path):
         "started": 10.0, "ended": 14.0, "exit_code": 3, "interrupted": False,
         "teardown_seconds": 0.75,
         "root_cause": {"host": "node1", "rank": 0, "exit_code": 1, "lost": None,
-                       "error": None, "stopped_by_teardown": False, "survivors": 0, "finished_at": 12.5},
+                       "error": None, "stopped_by_teardown": False, "survivors": 0,
+                       "finished_at": 12.5},
         "nodes": [
             {"host": "node1", "rank": 0, "exit_code": 1, "lost": None, "error": None,
              "stopped_by_teardown": False, "survivors": 0, "finished_at": 12.5},

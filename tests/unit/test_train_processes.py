@@ -18,26 +18,6 @@ from provision.train.processes import stop_script, supervised_script
 CLEAN_ENV = {k: v for k, v in os.environ.items() if k != RUN_ID_VAR}
 
 
-def marked_pids(run_id: str) -> set[int]:
-    """Live processes whose environment holds exactly RUN_ID_VAR=run_id, read from /proc here
-    (independently of the scripts under test); zombies count as gone."""
-    wanted = f"{RUN_ID_VAR}={run_id}".encode()
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                environ = handle.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as handle:
-                state = handle.read().rpartition(")")[2].split()[0]
-        except OSError:
-            continue
-        if wanted in environ and state != "Z":
-            found.add(int(entry))
-    return found
-
-
 def wait_for(predicate, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -74,7 +54,8 @@ def run_id():
     return f"t-{uuid.uuid4().hex[:12]}"
 
 
-def test_stop_kills_the_job_and_spares_other_jobs_and_unrelated_processes(spawn, run_id):
+def test_stop_kills_the_job_and_spares_other_jobs_and_unrelated_processes(spawn, run_id,
+                                                                          marked_pids):
     other_id = f"{run_id}-other"    # a longer id with ours as prefix: matching must be exact
     job = [spawn("env", f"{RUN_ID_VAR}={run_id}", "sleep", "60"),
            spawn("env", "A=1", f"{RUN_ID_VAR}={run_id}", "B=2", "sleep", "60")]
@@ -95,7 +76,7 @@ def test_stop_kills_the_job_and_spares_other_jobs_and_unrelated_processes(spawn,
     assert marked_pids(other_id) == {other.pid}
 
 
-def test_stop_kills_what_ignores_term_after_the_grace(spawn, run_id):
+def test_stop_kills_what_ignores_term_after_the_grace(spawn, run_id, marked_pids):
     stubborn = spawn("env", f"{RUN_ID_VAR}={run_id}", "sh", "-c", 'trap "" TERM; sleep 60; :')
     polite = spawn("env", f"{RUN_ID_VAR}={run_id}", "sleep", "60")
     # sh and its sleep (which inherits the ignored TERM) both carry the marker.
@@ -114,7 +95,7 @@ def test_stop_kills_what_ignores_term_after_the_grace(spawn, run_id):
     assert wait_for(lambda: not marked_pids(run_id), 2)
 
 
-def test_stop_returns_at_once_when_the_job_is_gone(spawn, run_id):
+def test_stop_returns_at_once_when_the_job_is_gone(spawn, run_id, marked_pids):
     polite = spawn("env", f"{RUN_ID_VAR}={run_id}", "sleep", "60")
     assert wait_for(lambda: marked_pids(run_id))
     began = time.monotonic()
@@ -127,7 +108,7 @@ def test_stop_returns_at_once_when_the_job_is_gone(spawn, run_id):
     assert time.monotonic() - began < 5
 
 
-def test_a_hostile_run_id_is_quoted(spawn, tmp_path):
+def test_a_hostile_run_id_is_quoted(spawn, tmp_path, marked_pids):
     # Run ids are validated elsewhere; the script still quotes the marker.
     proof = tmp_path / "pwned"
     run_id = f"x'; touch {proof}; '"
@@ -144,7 +125,7 @@ def start_supervised(job: str, run_id: str, grace: float = 0.5) -> subprocess.Po
                             stderr=subprocess.PIPE)
 
 
-def test_supervised_job_is_stopped_when_the_controller_goes_away(run_id):
+def test_supervised_job_is_stopped_when_the_controller_goes_away(run_id, marked_pids):
     process = start_supervised(f"env {RUN_ID_VAR}={run_id} sleep 60 & "
                                f"env {RUN_ID_VAR}={run_id} sleep 60", run_id)
     try:
@@ -165,14 +146,20 @@ def test_supervised_job_is_stopped_when_the_controller_goes_away(run_id):
         sh(stop_script(run_id, 0.1))
 
 
-def test_supervised_job_that_ignores_term_is_killed_after_the_grace(run_id):
-    process = start_supervised(f"env {RUN_ID_VAR}={run_id} sh -c 'trap \"\" TERM; sleep 60; :'",
-                               run_id, grace=0.5)
+@pytest.mark.parametrize("job, code", [
+    # The whole job ignores TERM: KILLed after the grace.
+    ("sh -c 'trap \"\" TERM; sleep 60; :'", 128 + signal.SIGKILL),
+    # torchrun exits at the TERM while a worker that ignores it lives on: the supervising shell
+    # sees its job end first, and must not cut the stopping short before the KILL.
+    ("sh -c '(trap \"\" TERM; exec sleep 60) & exec sleep 60'", 128 + signal.SIGTERM),
+], ids=["all-stubborn", "stubborn-child"])
+def test_supervised_job_that_ignores_term_is_killed_after_the_grace(run_id, job, code, marked_pids):
+    process = start_supervised(f"env {RUN_ID_VAR}={run_id} {job}", run_id, grace=0.5)
     try:
         assert wait_for(lambda: len(marked_pids(run_id)) == 2)
         process.stdin.close()
         assert wait_for(lambda: not marked_pids(run_id), 5)
-        assert process.wait(5) == 128 + signal.SIGKILL
+        assert process.wait(5) == code
     finally:
         if process.poll() is None:
             process.kill()
@@ -206,21 +193,3 @@ def test_supervised_job_does_not_read_the_controllers_stdin(run_id):
             process.kill()
             process.wait(5)
         process.stdin.close()
-
-
-def test_supervised_job_whose_leader_exits_on_term_still_has_its_stubborn_child_killed(run_id):
-    # torchrun exits at the TERM while a worker that ignores TERM lives on: the supervising
-    # shell then sees its job end, and must not cut the stopping short before the KILL.
-    process = start_supervised(
-        f"env {RUN_ID_VAR}={run_id} sh -c '(trap \"\" TERM; exec sleep 60) & exec sleep 60'",
-        run_id, grace=0.5)
-    try:
-        assert wait_for(lambda: len(marked_pids(run_id)) == 2)
-        process.stdin.close()
-        assert wait_for(lambda: not marked_pids(run_id), 5)
-        assert process.wait(5) == 128 + signal.SIGTERM
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
-        sh(stop_script(run_id, 0.1))
