@@ -7,6 +7,9 @@ from dataclasses import dataclass
 
 from provision.facts.base import Fact
 
+# sd_booted(3)'s test: systemd is the running init.
+SYSTEMD_RUNNING = "[ -d /run/systemd/system ]"
+
 
 @dataclass(frozen=True)
 class OsInfo:
@@ -32,7 +35,7 @@ class Os(Fact):
     def command(self) -> str:
         return ("cat /etc/os-release; echo ARCH=$(uname -m); "
                 "for pm in apt-get dnf yum; do command -v $pm >/dev/null && echo PM=$pm && break; "
-                "done; [ -d /run/systemd/system ] && echo SYSTEMD=1; true")
+                f"done; {SYSTEMD_RUNNING} && echo SYSTEMD=1; true")
 
     def parse(self, stdout: str, rc: int) -> OsInfo:
         values: dict[str, str] = {}
@@ -73,9 +76,9 @@ class ServiceState(Fact):
 
     def command(self) -> str:
         unit = shlex.quote(self.unit)
-        # Read only where systemd runs (Os's test): elsewhere no decision uses it, and two
-        # systemctl calls that cannot answer cost ~20 ms per host.
-        return ("[ -d /run/systemd/system ] || exit 0; "
+        # Read only where systemd runs (as Os reports it): elsewhere no decision uses it, and
+        # two systemctl calls that cannot answer cost ~20 ms per host.
+        return (f"{SYSTEMD_RUNNING} || exit 0; "
                 f"echo $(systemctl is-enabled {unit} 2>/dev/null) "
                 f"$(systemctl is-active {unit} 2>/dev/null)")
 

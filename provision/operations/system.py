@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import shlex
 
-from provision.facts.system import (PROCESS_ALIVE_SH, InstalledPackages, Os, PidfileProcess,
-                                    ServiceState)
+from provision.facts.system import (PROCESS_ALIVE_SH, InstalledPackages, Os, OsInfo,
+                                    PidfileProcess, ServiceState)
 from provision.operations.base import (Change, Command, FactValues, Failure, HostContext,
                                        NoChange, operation)
 from provision.settings import Setting
@@ -19,7 +19,7 @@ def package_op(args: dict, facts: FactValues, ctx: HostContext):
     return install_missing(names, facts[InstalledPackages(names)], facts[Os()])
 
 
-def install_missing(names: tuple[str, ...], installed: frozenset[str], os_info):
+def install_missing(names: tuple[str, ...], installed: frozenset[str], os_info: OsInfo):
     """The plan for package_op, from what is installed (a superset of `names` may be asked)."""
     missing = [n for n in names if n not in installed]
     if not missing:

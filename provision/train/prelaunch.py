@@ -156,9 +156,8 @@ def check_nodes(sessions: dict[str, HostSession], config: TrainConfig, script_in
                 "run `provision setup --tags conda` so every node has the same lock")
     skew = skew_verdict([r.clock for r in reports.values()], max_skew_ms)
     # A launch is refused only when the spread exceeds the limit beyond doubt: by more than
-    # twice the slowest round trip's half, the most the readings can be off.
-    slack = 2 * max(r.clock.uncertainty_ms for r in reports.values())
-    if skew.spread_ms - slack > max_skew_ms:
+    # the spread's own uncertainty (the extreme nodes' half round trips).
+    if skew.spread_ms - skew.uncertainty_ms > max_skew_ms:
         for name in sorted(skew.outliers):
             reports[name].problems.append(
                 f"clock {reports[name].clock.offset_ms:+.0f} ms from the controller, "
