@@ -119,31 +119,42 @@ def test_a_hostile_run_id_is_quoted(spawn, tmp_path, marked_pids):
     assert not proof.exists()
 
 
-def start_supervised(job: str, run_id: str, grace: float = 0.5) -> subprocess.Popen:
-    return subprocess.Popen(["sh", "-c", supervised_script(job, run_id, grace)], env=CLEAN_ENV,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
+@pytest.fixture
+def supervise(run_id):
+    """Run a job under supervised_script (stdin held open, as the controller does); afterwards
+    the supervising shell is killed if still there, and anything left of the job stopped."""
+    started: list[subprocess.Popen] = []
 
+    def supervise(job: str, grace: float = 0.5) -> subprocess.Popen:
+        process = subprocess.Popen(["sh", "-c", supervised_script(job, run_id, grace)],
+                                   env=CLEAN_ENV, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        started.append(process)
+        return process
 
-def test_supervised_job_is_stopped_when_the_controller_goes_away(run_id, marked_pids):
-    process = start_supervised(f"env {RUN_ID_VAR}={run_id} sleep 60 & "
-                               f"env {RUN_ID_VAR}={run_id} sleep 60", run_id)
-    try:
-        assert wait_for(lambda: len(marked_pids(run_id)) == 2)
-        process.stdin.write(b"still here\n")      # lines on stdin are not EOF
-        process.stdin.flush()
-        time.sleep(0.3)
-        assert process.poll() is None and len(marked_pids(run_id)) == 2
-
-        process.stdin.close()                      # the controller (or its connection) is gone
-
-        assert wait_for(lambda: not marked_pids(run_id), 5)
-        assert process.wait(5) == 128 + signal.SIGTERM    # the job's last command was TERMed
-    finally:
+    yield supervise
+    for process in started:
         if process.poll() is None:
             process.kill()
             process.wait(5)
-        sh(stop_script(run_id, 0.1))
+        if not process.stdin.closed:
+            process.stdin.close()
+    sh(stop_script(run_id, 0.1))
+
+
+def test_supervised_job_is_stopped_when_the_controller_goes_away(supervise, run_id, marked_pids):
+    process = supervise(f"env {RUN_ID_VAR}={run_id} sleep 60 & "
+                        f"env {RUN_ID_VAR}={run_id} sleep 60")
+    assert wait_for(lambda: len(marked_pids(run_id)) == 2)
+    process.stdin.write(b"still here\n")      # lines on stdin are not EOF
+    process.stdin.flush()
+    time.sleep(0.3)
+    assert process.poll() is None and len(marked_pids(run_id)) == 2
+
+    process.stdin.close()                      # the controller (or its connection) is gone
+
+    assert wait_for(lambda: not marked_pids(run_id), 5)
+    assert process.wait(5) == 128 + signal.SIGTERM    # the job's last command was TERMed
 
 
 @pytest.mark.parametrize("job, code", [
@@ -153,43 +164,26 @@ def test_supervised_job_is_stopped_when_the_controller_goes_away(run_id, marked_
     # sees its job end first, and must not cut the stopping short before the KILL.
     ("sh -c '(trap \"\" TERM; exec sleep 60) & exec sleep 60'", 128 + signal.SIGTERM),
 ], ids=["all-stubborn", "stubborn-child"])
-def test_supervised_job_that_ignores_term_is_killed_after_the_grace(run_id, job, code, marked_pids):
-    process = start_supervised(f"env {RUN_ID_VAR}={run_id} {job}", run_id, grace=0.5)
-    try:
-        assert wait_for(lambda: len(marked_pids(run_id)) == 2)
-        process.stdin.close()
-        assert wait_for(lambda: not marked_pids(run_id), 5)
-        assert process.wait(5) == code
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
-        sh(stop_script(run_id, 0.1))
+def test_supervised_job_that_ignores_term_is_killed_after_the_grace(supervise, run_id, job, code,
+                                                                    marked_pids):
+    process = supervise(f"env {RUN_ID_VAR}={run_id} {job}", grace=0.5)
+    assert wait_for(lambda: len(marked_pids(run_id)) == 2)
+    process.stdin.close()
+    assert wait_for(lambda: not marked_pids(run_id), 5)
+    assert process.wait(5) == code
 
 
 @pytest.mark.parametrize("code", [0, 7])
-def test_supervised_job_exit_code_passes_through_while_stdin_stays_open(run_id, code):
-    process = start_supervised(f"echo out; echo err >&2; exit {code}", run_id)
-    try:
-        # stdin is still open: the job's own end must not wait for the controller.
-        assert process.wait(5) == code
-        assert process.stdout.read() == b"out\n"
-        assert process.stderr.read() == b"err\n"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
-        process.stdin.close()
+def test_supervised_job_exit_code_passes_through_while_stdin_stays_open(supervise, code):
+    process = supervise(f"echo out; echo err >&2; exit {code}")
+    # stdin is still open: the job's own end must not wait for the controller.
+    assert process.wait(5) == code
+    assert process.stdout.read() == b"out\n"
+    assert process.stderr.read() == b"err\n"
 
 
-def test_supervised_job_does_not_read_the_controllers_stdin(run_id):
+def test_supervised_job_does_not_read_the_controllers_stdin(supervise):
     # The job gets /dev/null: only the watcher reads the held-open channel.
-    process = start_supervised("cat; echo done $?", run_id)
-    try:
-        assert process.wait(5) == 0
-        assert process.stdout.read() == b"done 0\n"
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(5)
-        process.stdin.close()
+    process = supervise("cat; echo done $?")
+    assert process.wait(5) == 0
+    assert process.stdout.read() == b"done 0\n"
