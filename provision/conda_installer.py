@@ -27,8 +27,8 @@ OFFICIAL_SHA256 = {
         "a098a5b1581d8fd078c430b82e27106602223e335efef708a124e723814d120c",
 }
 CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "provision"
-VERSION_RE = re.compile(r"^(?:py\d+_)?(\d+(?:\.\d+)+)-\d+$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+VERSION_RE = re.compile(r"(?:py\d+_)?(\d+(?:\.\d+)+)-\d+")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 
 
 class InstallerError(Exception):
@@ -44,7 +44,7 @@ class Installer:
 
 def conda_version(installer_version: str) -> str:
     """The conda version a Miniconda release installs: py311_24.7.1-0 -> 24.7.1."""
-    match = VERSION_RE.match(installer_version)
+    match = VERSION_RE.fullmatch(installer_version)
     if not match:
         raise ValueError(f"conda_installer_version {installer_version!r} is not a Miniconda "
                          f"release like py311_24.7.1-0")
@@ -57,7 +57,7 @@ def official_url(installer_version: str, arch: str) -> str:
 
 def expected_sha256(configured: str, installer_version: str, arch: str) -> str:
     if configured:
-        if not SHA256_RE.match(configured.lower()):
+        if not SHA256_RE.fullmatch(configured.lower()):
             raise InstallerError(f"conda_installer_sha256 {configured!r} is not a sha256 hex digest")
         return configured.lower()
     try:

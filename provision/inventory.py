@@ -139,7 +139,7 @@ class _Builder:
                     self.host(host, host_node, host_value, name)
             elif key == "children":
                 for child, child_node, child_value in self.src.items(value, f"{name}.children"):
-                    if not NAME_RE.match(child):
+                    if not NAME_RE.fullmatch(child):
                         self.src.problem(child_node, f"group name {child!r} is not valid")
                         continue
                     if child not in group.children:
@@ -153,7 +153,7 @@ class _Builder:
         return group
 
     def host(self, name: str, node: yaml.Node, value: yaml.Node, group: str) -> None:
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             self.src.problem(node, f"host name {name!r} is not valid: use letters, digits, "
                                    "'.', '_' and '-'")
             return
@@ -302,7 +302,7 @@ def load_inventory(path: str | os.PathLike, known: dict[str, Setting] | None = N
         raise InventoryError(source.problems)
     all_group = builder.group("all", yaml.MappingNode("tag:yaml.org,2002:map", []), 0, None)
     for key, key_node, value in top:
-        if not NAME_RE.match(key):
+        if not NAME_RE.fullmatch(key):
             source.problem(key_node, f"group name {key!r} is not valid")
             continue
         if key != "all" and key not in all_group.children:

@@ -12,13 +12,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-ADDRESS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.:-]*$")
-USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-IFNAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+ADDRESS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9.:-]*")
+USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Paths go into remote commands quoted, but a newline or NUL is never a real path.
-PATH_RE = re.compile(r"^[^\x00\n\r]+$")
+PATH_RE = re.compile(r"[^\x00\n\r]+")
 
 TYPES = ("str", "int", "float", "bool", "path", "abspath", "address", "user", "ifname",
          "name", "port", "cidr", "list", "dict", "env")
@@ -64,7 +64,7 @@ def _check_scalar(kind: str, value: Any) -> str | None:
                 "env": (ENV_NAME_RE, "an environment variable name")}
     if kind in patterns:
         regex, what = patterns[kind]
-        if not regex.match(value):
+        if not regex.fullmatch(value):
             return f"must be {what}, got {value!r}"
         if kind == "abspath" and not value.startswith("/"):
             return f"must be an absolute path, got {value!r}"
@@ -90,7 +90,7 @@ def check_value(setting: Setting, value: Any) -> str | None:
         if not isinstance(value, dict):
             return f"must be a mapping, got {value!r}"
         for key, item in value.items():
-            if not isinstance(key, str) or not ENV_NAME_RE.match(key):
+            if not isinstance(key, str) or not ENV_NAME_RE.fullmatch(key):
                 return f"key {key!r} must be a variable name"
             if not isinstance(item, (str, int, float)) or isinstance(item, bool):
                 return f"value of {key} must be a string or number, got {item!r}"

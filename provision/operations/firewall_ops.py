@@ -27,7 +27,7 @@ from provision.settings import Setting
 BACKENDS = ("auto", "nftables", "iptables", "ufw", "firewalld")
 NFT_TABLE = "provision_training"
 IPT_CHAIN = "PROVISION-TRAINING"
-NFT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*$")
+NFT_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_./-]*")
 OWN_CHAIN_RULES = 3   # loopback return, IPv4 drop, IPv6 drop: see nft_rules_file
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -187,7 +187,7 @@ def plan_nftables(args: dict, info: FirewallInfo, wanted: Wanted, facts: FactVal
         return Failure("iptables (nf_tables) drops input here and provision adds no nft rules "
                        "to iptables' tables: set firewall_backend: iptables")
     bad = [f"{c.family} {c.table} {c.name}" for c in chains
-           if not (NFT_NAME.match(c.table) and NFT_NAME.match(c.name))]
+           if not (NFT_NAME.fullmatch(c.table) and NFT_NAME.fullmatch(c.name))]
     if bad:
         return Failure(f"cannot name nftables chain(s) {', '.join(bad)} safely in a rules file")
     path, conf = args["nftables_file"], args["nftables_conf"]

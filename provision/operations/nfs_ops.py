@@ -32,8 +32,8 @@ PACKAGES = {  # family -> (client, server)
     "debian": (("nfs-common",), ("nfs-kernel-server",)),
     "redhat": (("nfs-utils",), ("nfs-utils",)),
 }
-OPTION_RE = re.compile(r"^[A-Za-z0-9_.:=/+-]+$")
-CLIENT_RE = re.compile(r"^[A-Za-z0-9_.:/*?@\[\]-]+$")
+OPTION_RE = re.compile(r"[A-Za-z0-9_.:=/+-]+")
+CLIENT_RE = re.compile(r"[A-Za-z0-9_.:/*?@\[\]-]+")
 # A hung server must not hang the cross-host check: each of its commands gets this long.
 CHECK_TIMEOUT_S = 20
 SENTINEL_PREFIX = ".provision-nfs-check-"
@@ -57,7 +57,7 @@ def _normal_source(source: str) -> str:
 
 
 def _check_options(options: list[str], what: str) -> None:
-    bad = [o for o in options if not OPTION_RE.match(str(o))]
+    bad = [o for o in options if not OPTION_RE.fullmatch(str(o))]
     if bad:
         raise ValueError(f"{what}: {', '.join(map(repr, bad))} is not an option like noatime or "
                          "vers=4.2 (letters, digits and _.:=/+- only; one option per list item)")
@@ -202,7 +202,7 @@ def nfs_export(args: dict, facts: FactValues, ctx: HostContext):
     clients = [str(c) for c in args["clients"]]
     if not clients:
         return Failure("no clients to export to: set nfs_export_clients or add hosts")
-    bad = [c for c in clients if not CLIENT_RE.match(c)]
+    bad = [c for c in clients if not CLIENT_RE.fullmatch(c)]
     if bad:
         return Failure(f"nfs_export_clients: {', '.join(map(repr, bad))} is not a host, "
                        "address, network or wildcard")

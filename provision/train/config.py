@@ -19,7 +19,7 @@ DEFAULT_RENDEZVOUS_PORT = 29500
 # Set by provision on every node to find this job's processes again; never taken from the user.
 RUN_ID_VAR = "PROVISION_RUN_ID"
 # A run id names directories and goes into process environments: keep it to plain characters.
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def _path_problem(what: str, value: Any, *, absolute: bool = False) -> str | Non
 
 def _env_problem(owner: str, env: Mapping[str, Any]) -> str | None:
     for name, value in env.items():
-        if not isinstance(name, str) or not ENV_NAME_RE.match(name):
+        if not isinstance(name, str) or not ENV_NAME_RE.fullmatch(name):
             return (f"{owner}: {name!r} is not a valid environment variable name "
                     "([A-Za-z_][A-Za-z0-9_]*)")
         if not isinstance(value, str) or "\0" in value:
@@ -92,7 +92,7 @@ def _config_problem(config: TrainConfig) -> str | None:
             return f"{name}: processes per node must be an integer >= 1, got {count!r}"
     if config.rdzv not in RENDEZVOUS_BACKENDS:
         return f"rendezvous must be one of {', '.join(RENDEZVOUS_BACKENDS)}, got {config.rdzv!r}"
-    if not isinstance(config.run_id, str) or not RUN_ID_RE.match(config.run_id):
+    if not isinstance(config.run_id, str) or not RUN_ID_RE.fullmatch(config.run_id):
         return (f"run id must be 1-64 letters, digits, '.', '_' or '-' starting with a letter "
                 f"or digit, got {config.run_id!r}")
     problem = (_path_problem("script", config.script)
@@ -166,7 +166,7 @@ def parse_env_assignments(assignments: Sequence[str]) -> dict[str, str]:
     env: dict[str, str] = {}
     for assignment in assignments:
         name, sep, value = assignment.partition("=")
-        if not sep or not ENV_NAME_RE.match(name):
+        if not sep or not ENV_NAME_RE.fullmatch(name):
             raise TrainError(
                 f"--env expects NAME=VALUE with a valid variable name, got {assignment!r}")
         env[name] = value
@@ -176,12 +176,12 @@ def parse_env_assignments(assignments: Sequence[str]) -> dict[str, str]:
 def forwarded_env(patterns: Sequence[str], controller_environ: Mapping[str, str]) -> dict[str, str]:
     """The controller's variables whose names match any of the glob `patterns` (e.g. NCCL_*)."""
     for pattern in patterns:
-        if not pattern or not re.match(r"^[A-Za-z0-9_*?\[\]!-]+$", pattern):
+        if not pattern or not re.fullmatch(r"[A-Za-z0-9_*?\[\]!-]+", pattern):
             raise TrainError(
                 f"--forward-env expects a variable name glob like NCCL_*, got {pattern!r}")
     # Names that are not variable names (exported shell functions, ...) cannot be set remotely.
     return {name: value for name, value in controller_environ.items()
-            if ENV_NAME_RE.match(name) and any(fnmatch.fnmatchcase(name, p) for p in patterns)}
+            if ENV_NAME_RE.fullmatch(name) and any(fnmatch.fnmatchcase(name, p) for p in patterns)}
 
 
 def _node_env(node: Host, common: Mapping[str, str]) -> dict[str, str]:
