@@ -29,13 +29,14 @@ import yaml
 from provision.errors import RoleError
 from provision.operations import REGISTRY, Operation
 from provision.settings import TYPES, Setting, check_value, suggest
+from provision.templating import environment
 
 ROLE_KEYS = ("description", "args", "tasks", "cluster_checks")
 TASK_KEYS = ("name", "op", "args", "when", "tags", "if_changed")
 ARG_KEYS = ("type", "default", "help", "min", "max", "choices", "item", "required")
 ROLES_DIR = Path(__file__).resolve().parent.parent / "roles"
 
-_JINJA = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+_JINJA = environment()
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from provision.facts.files import PathInfo, PathState
 from provision.operations.base import (Change, Command, FactValues, Failure, HostContext,
                                        NoChange, operation)
 from provision.settings import Setting
+from provision.templating import environment
 
 MODE = Setting("mode", "str", "octal mode such as 0644")
 OWNER = Setting("owner", "user")
@@ -140,9 +141,8 @@ def render_template(role_dir: Path, src: str, variables: dict[str, Any]) -> str:
 @functools.lru_cache(maxsize=None)
 def _templates(role_dir: Path) -> jinja2.Environment:
     """One environment per role: it compiles each template once, not once per host."""
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(role_dir / "templates")),
-                              undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                              autoescape=False)
+    return environment(loader=jinja2.FileSystemLoader(str(role_dir / "templates")),
+                       keep_trailing_newline=True)
 
 
 @operation("template", [Setting("src", "path"), DEST, MODE, OWNER, GROUP,

@@ -223,17 +223,16 @@ def nfs_export(args: dict, facts: FactValues, ctx: HostContext):
 # -- across hosts ----------------------------------------------------------------------------------
 
 def _clients_by_share(sessions, inventory, role) -> dict[str, list[tuple[str, str]]]:
-    """NFS source -> [(host, mount point)] of the hosts that mount it."""
-    from provision.roles import render
+    """NFS source -> [(host, mount point)] of the hosts that mount it. The values are the
+    inventory's (validated) data, used as they are: never rendered as templates."""
     from provision.runner import template_variables   # the runner imports this module
     shares: dict[str, list[tuple[str, str]]] = {}
     for name in sessions:
         variables = template_variables(inventory, inventory.hosts[name], role)
-        server = render(variables.get("nfs_server"), variables)
+        server = variables.get("nfs_server")
         if server:
-            source = nfs_source(server, render(variables["nfs_export"], variables))
-            shares.setdefault(source, []).append(
-                (name, render(variables["nfs_mount_point"], variables)))
+            source = nfs_source(server, variables["nfs_export"])
+            shares.setdefault(source, []).append((name, variables["nfs_mount_point"]))
     return shares
 
 

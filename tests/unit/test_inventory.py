@@ -368,7 +368,8 @@ def test_host_address_from_ssh_config(write, no_user_ssh_config):
     assert inv.hosts["gpu01"].address == "198.51.100.4"
 
 
-HOSTILE = ["; rm -rf /", "$(id)", "`id`", "a'b", 'a"b', "a b", "a\nb"]
+HOSTILE = ["; rm -rf /", "$(id)", "`id`", "a'b", 'a"b', "a b", "a\nb",
+           "faults2\n", "a\x00b", "a{{ 6 * 7 }}", "a{% raw %}"]
 
 
 @pytest.mark.parametrize("bad", HOSTILE)

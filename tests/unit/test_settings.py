@@ -29,6 +29,12 @@ INVALID = [
     ("ifname", "eth0;x", "interface name"), ("name", "a`b`", "a name of letters"),
     ("name", "-x", "a name of letters"), ("cidr", "10.0.0.0/33", "CIDR"),
     ("cidr", "not-a-net", "CIDR"), ("env", "1X", "environment variable"),
+    # `$` matches before a final newline: every pattern must match the whole string.
+    ("address", "10.0.0.1\n", "host name or IP"), ("user", "ubuntu\n", "POSIX user"),
+    ("ifname", "eth0\n", "interface name"), ("name", "train\n", "a name of letters"),
+    ("env", "NCCL_DEBUG\n", "environment variable"), ("path", "/opt/x\n", "without newlines"),
+    ("abspath", "/opt/x\n", "without newlines"), ("path", "/opt/\x00x", "without newlines"),
+    ("address", "10.0.0.1\x00", "host name or IP"), ("name", "a{{ 6*7 }}", "a name of letters"),
 ]
 
 
@@ -42,6 +48,11 @@ def test_invalid_values_are_described(kind, value, message):
     problem = check_value(Setting("x", kind), value)
     assert problem is not None and message in problem
     assert repr(value) in problem or str(value) in problem
+
+
+def test_trailing_newlines_in_lists_and_mappings_are_refused():
+    assert "item" in check_value(Setting("ntp_servers", "list", item="address"), ["10.0.0.1\n"])
+    assert "key" in check_value(Setting("train_env", "dict"), {"NCCL_DEBUG\n": "INFO"})
 
 
 def test_min_max_and_choices():
