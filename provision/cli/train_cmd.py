@@ -8,7 +8,6 @@ import os
 import secrets
 import signal
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import click
@@ -21,7 +20,7 @@ from provision.runner import HostSession
 from provision.train import build_train_config, node_command
 from provision.train.launch import Job, JobResult, write_summary
 from provision.train.prelaunch import DEFAULT_MAX_SKEW_MS, check_nodes
-from provision.train.staging import plan_staging, stage
+from provision.train.staging import plan_staging, stage_all
 
 DEFAULT_RUN_DIR = "/tmp/provision-runs"
 
@@ -163,9 +162,13 @@ def _run(config, sessions, staging, dry_run, grace, runs_dir: Path, inventory: P
         return 2
     if dry_run:
         return 0
-    if staging.source is not None:
-        with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
-            list(pool.map(lambda s: stage(s, staging), sessions.values()))
+    failed = stage_all(sessions, staging)
+    if failed:
+        for name, problem in failed.items():
+            emit(click.style(f"{name}: ", fg="red") + problem, err=True)
+        emit(f"not launching: the training files could not be put on {len(failed)} node(s)",
+             err=True)
+        return 2
     log_dir = runs_dir / config.run_id
     width = max(len(f"{n.name}[{config.node_rank(n)}]") for n in config.nodes)
     job = Job(config, sessions, commands, log_dir, line_printer(width, sys.stdout.isatty()),

@@ -10,10 +10,11 @@ import posixpath
 import re
 import shlex
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision.errors import TrainError
+from provision.errors import HostUnreachable, TrainError
 from provision.runner import HostSession
 
 
@@ -90,3 +91,17 @@ def stage(session: HostSession, staging: Staging) -> int:
         raise TrainError(f"{session.connection.host.name}: copying the training files to "
                          f"{staging.target} failed: {result.describe_failure()}")
     return len(changed)
+
+
+def stage_all(sessions: dict[str, HostSession], staging: Staging) -> dict[str, str]:
+    """Stage on every node at once; the problem of each node that could not be staged (a full
+    disk, an unwritable run directory, a lost connection), by node name."""
+    def one(name: str) -> str | None:
+        try:
+            stage(sessions[name], staging)
+        except (TrainError, HostUnreachable) as exc:
+            return str(exc)
+        return None
+    with ThreadPoolExecutor(max_workers=max(1, len(sessions))) as pool:
+        outcomes = dict(zip(sessions, pool.map(one, sessions)))
+    return {name: problem for name, problem in outcomes.items() if problem is not None}

@@ -14,7 +14,7 @@ from provision.connection import CommandResult
 from provision.errors import TrainError
 from provision.inventory import Host
 from provision.runner import HostSession
-from provision.train.staging import Staging, plan_staging, stage
+from provision.train.staging import Staging, plan_staging, stage, stage_all
 
 
 class LocalConnection:
@@ -240,3 +240,16 @@ def test_names_sha256sum_escapes_are_not_resent(session, tmp_path, name):
     assert stage(session, staging) == 2
     assert (Path(staging.target) / name).read_text() == "odd\n"
     assert stage(session, staging) == 0
+
+
+def test_a_node_that_cannot_be_staged_is_named_not_raised(tmp_path, session):
+    script = tmp_path / "train.py"
+    script.write_text("print(1)\n")
+    blocker = tmp_path / "node-disk"
+    blocker.write_text("a file where the run directory should go")
+    staging = plan_staging(script, None, None, str(blocker / "runs" / "r1"))
+    problems = stage_all({"node1": session}, staging)
+    assert list(problems) == ["node1"]
+    assert "copying the training files" in problems["node1"]
+    assert stage_all({"node1": session}, plan_staging(
+        script, None, None, str(tmp_path / "runs" / "r1"))) == {}
