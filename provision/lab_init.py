@@ -14,8 +14,10 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND = 0x2, 0x4, 0x8, 0x1000
@@ -23,6 +25,8 @@ MNT_DETACH = 0x2
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _stop_requested: list[int] = []   # stop signals that arrived while booting
 SUDOERS_FILE = "/etc/sudoers.d/provision-lab"
+# The host's resolver, like systemd-resolved's stub: every lookup is answered here, at once.
+DNS_ADDRESS = "127.0.0.53"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -44,6 +48,82 @@ def hosts_file(hosts: dict[str, str]) -> str:
     lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
     lines += [f"{address}\t{name}" for name, address in hosts.items()]
     return "\n".join(lines) + "\n"
+
+
+# -- the cluster's DNS, in miniature -----------------------------------------------------------
+# A real cluster's DNS answers reverse lookups (PTR) of its hosts. /etc/hosts alone cannot answer
+# them for every caller: torch's TCPStore listens dual-stack, sees its peers as IPv4-mapped IPv6
+# addresses (::ffff:10.0.0.12), which glibc's files backend never matches against IPv4 lines, so
+# glibc asks DNS (turning the mapped address into an in-addr.arpa name, as it does). This stub
+# answers A and PTR queries from the host's /etc/hosts, re-read per query so it follows lab
+# changes, and NXDOMAIN for every other name: the lab has no way out, so there is nothing to ask.
+A, PTR, CLASS_IN, NXDOMAIN = 1, 12, 1, 3
+
+
+def _hosts_table() -> dict[str, str]:
+    """name -> IPv4 address, from /etc/hosts."""
+    table = {}
+    for line in _read("/etc/hosts").splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and fields[0].count(".") == 3:
+            for name in fields[1:]:
+                table.setdefault(name.lower(), fields[0])
+    return table
+
+
+def _encode_name(name: str) -> bytes:
+    return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".") if p) + b"\0"
+
+
+def dns_answer(query: bytes, table: dict[str, str]) -> bytes | None:
+    """The response to one DNS query packet (None for what is not a plain query)."""
+    if len(query) < 12:
+        return None
+    ident, flags, qdcount = struct.unpack("!HHH", query[:6])
+    if flags & 0x8000 or qdcount != 1:
+        return None
+    labels, at = [], 12
+    while at < len(query) and query[at] != 0:
+        length = query[at]
+        if length > 63 or at + 1 + length > len(query):
+            return None
+        labels.append(query[at + 1:at + 1 + length].decode("ascii", "replace").lower())
+        at += 1 + length
+    if at + 5 > len(query):
+        return None
+    qtype, qclass = struct.unpack("!HH", query[at + 1:at + 5])
+    question = query[12:at + 5]
+    name = ".".join(labels)
+    records = []
+    if qclass == CLASS_IN and qtype == A and name in table:
+        records.append(socket.inet_aton(table[name]))
+    elif qclass == CLASS_IN and qtype == PTR and name.endswith(".in-addr.arpa"):
+        address = ".".join(reversed(name[:-len(".in-addr.arpa")].split(".")))
+        records += [_encode_name(n) for n, a in table.items() if a == address][:1]
+    known = name in table or bool(records)
+    rcode = 0 if known else NXDOMAIN
+    header = struct.pack("!HHHHHH", ident, 0x8180 | (flags & 0x0100) | rcode, 1,
+                         len(records), 0, 0)
+    answers = b"".join(struct.pack("!HHHIH", 0xC00C, qtype, CLASS_IN, 60, len(r)) + r
+                       for r in records)
+    return header + question + answers
+
+
+def dns_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((DNS_ADDRESS, 53))
+    return sock
+
+
+def serve_dns(sock: socket.socket) -> None:
+    while True:
+        query, peer = sock.recvfrom(512)
+        try:
+            answer = dns_answer(query, _hosts_table())
+        except OSError:
+            answer = None
+        if answer is not None:
+            sock.sendto(answer, peer)
 
 
 def write_file(path: str, text: str, mode: int) -> None:
@@ -138,20 +218,25 @@ def fresh_root_shell() -> None:
     write_file("/root/.bashrc", _read(skel) if os.path.exists(skel) else "", 0o644)
 
 
-def boot(config: dict) -> None:
+def boot(config: dict) -> socket.socket:
     socket.sethostname(config["hostname"])
     build_filesystem(config)
     write_file("/etc/hosts", hosts_file(json.loads(_read(config["hosts_json"]))), 0o644)
+    write_file("/etc/resolv.conf", f"nameserver {DNS_ADDRESS}\n", 0o644)
+    dns = dns_socket()
     create_users(config)
     fresh_root_shell()
     subprocess.Popen(config["sshd_argv"], stdin=subprocess.DEVNULL)
+    return dns
 
 
-def reap_forever() -> None:
+def reap_forever(dns: socket.socket) -> None:
     """Reap every orphan; on TERM/INT/HUP, pass TERM to every process of the host, then exit."""
     wanted = {signal.SIGCHLD, *STOP_SIGNALS}
     # Blocked only now: children inherit the signal mask, and sshd must not start with one.
     signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    # Started with the signals blocked, so that they all reach this thread's sigwaitinfo.
+    threading.Thread(target=serve_dns, args=(dns,), daemon=True).start()
     while not _stop_requested:
         _reap()
         if signal.sigwaitinfo(wanted).si_signo != signal.SIGCHLD:
@@ -181,12 +266,12 @@ def main(config_path: str) -> int:
     config = json.loads(_read(config_path))
     machine_pid = int(os.readlink("/proc/self"))   # still the machine's /proc at this point
     try:
-        boot(config)
+        dns = boot(config)
     except (OSError, RuntimeError, KeyError, ValueError) as exc:   # reported via the boot file
         write_file(config["boot_file"], json.dumps({"pid": machine_pid, "error": str(exc)}), 0o644)
         return 1
     write_file(config["boot_file"], json.dumps({"pid": machine_pid}), 0o644)
-    reap_forever()
+    reap_forever(dns)
     return 0
 
 

@@ -173,6 +173,19 @@ def test_hosts_reach_each_other_by_name_and_address(lab: Lab):
         assert lab.sh(lab.hosts[0], probe + target).stdout.strip() == "SSH-2.0"
 
 
+def test_hosts_resolve_each_other_backwards_as_a_clusters_dns_does(lab: Lab):
+    """torch's TCPStore looks its peers up by their IPv4-mapped IPv6 address: /etc/hosts alone
+    cannot answer that, the lab's resolver must (else every train run warns on every node)."""
+    probe = ("python3 -c 'import socket,sys; print(socket.getnameinfo((sys.argv[1], 0, 0, 0), "
+             "socket.NI_NAMEREQD)[0])' ")
+    peer = lab.hosts[1]
+    assert lab.sh(lab.hosts[0], probe + "::ffff:" + peer.address).stdout.strip() == peer.name
+    assert lab.sh(lab.hosts[0], probe.replace(", 0, 0, 0)", ", 0)") + peer.address
+                  ).stdout.strip() == peer.name
+    unknown = lab.sh(lab.hosts[0], "getent hosts no-such-host.example.com", check=False)
+    assert unknown.returncode == 2   # not found, answered at once (no resolver timeout)
+
+
 def test_nothing_leaves_the_bridge(lab: Lab):
     host = lab.hosts[0]
     routes = lab.sh(host, "ip -4 route show table all type unicast").stdout
