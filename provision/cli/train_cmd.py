@@ -65,8 +65,11 @@ def report(result: JobResult) -> None:
             state = f"connection lost: {node.lost}"
         elif node.error:
             state = f"controller error: {node.error}"
+        elif node.stopped_by_teardown and result.root_cause is not None:
+            state = (f"stopped: node rank {result.root_cause.rank} on {result.root_cause.host} "
+                     "failed")
         elif node.stopped_by_teardown:
-            state = "stopped by teardown"
+            state = "stopped by Ctrl-C" if result.interrupted else "stopped by teardown"
         else:
             state = f"exit code {node.exit_code}"
         emit(f"{node.host} (node rank {node.rank}): {state}", err=result.exit_code != 0)
@@ -185,4 +188,6 @@ def _run(config, sessions, staging, dry_run, grace, runs_dir: Path, inventory: P
     write_summary(result, log_dir / "summary.json", sys.argv,
                   hashlib.sha256(inventory.read_bytes()).hexdigest(), config)
     report(result)
+    if result.exit_code != 0:
+        emit(f"every node's full output: {log_dir}/<host>.log", err=True)
     return result.exit_code

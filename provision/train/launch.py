@@ -156,7 +156,11 @@ class Job:
                 log.write(("" if stream == "stdout" else "[stderr] ") + line + "\n")
                 if stream == "stderr":
                     outcome.tail.append(line)
-                self.sink(name, outcome.rank, stream, line)
+                # Once the job is being stopped, what the nodes print is torchrun's reaction
+                # to the stop (a SignalException traceback per node): the logs keep it, the
+                # terminal shows the per-node summary instead.
+                if not (self.stopping or self.interrupted.is_set()):
+                    self.sink(name, outcome.rank, stream, line)
 
             try:
                 script = supervised_script(remote_script(self.commands[name]),

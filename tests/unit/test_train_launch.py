@@ -345,6 +345,22 @@ def test_interrupt_stops_every_node_with_130(harness, tmp_path, marked_pids):
         [("node1", 0, "stdout", "up"), ("node2", 1, "stdout", "up")]
 
 
+def test_what_nodes_print_while_being_stopped_goes_to_their_logs_only(harness, tmp_path,
+                                                                    marked_pids):
+    # torchrun answers the TERM of a teardown with a SignalException traceback on every node.
+    on_term = "trap 'echo Traceback: SignalException >&2; exit 143' TERM"
+    h = harness({"node1": f"{on_term}; echo up; touch {tmp_path}/node1.up; "
+                          "while :; do sleep 0.05; done",
+                 "node2": f"{when_up(tmp_path, 'node1')}; echo boom >&2; exit 3"})
+    result = h.run()
+
+    assert result.root_cause.host == "node2"
+    assert "Traceback: SignalException" in (h.log_dir / "node1.log").read_text()
+    printed = [line for host, _, _, line in h.lines if host == "node1"]
+    assert printed == ["up"]
+    assert marked_pids(h.run_id) == set()
+
+
 def test_a_lost_node_is_the_root_cause_with_255(harness, tmp_path, marked_pids):
     h = harness({"node1": up(tmp_path, "node1"), "node2": up(tmp_path, "node2")},
                 lost={"node2": tmp_path / "node1.up"})
