@@ -19,6 +19,12 @@ from provision.errors import InventoryError
 from provision.settings import ALIASES, CORE_SETTINGS, NAME_RE, Setting, check_value, suggest
 
 GROUP_KEYS = ("hosts", "vars", "children")
+# What an inventory's YAML may ask of the loader. Aliases are references, cheap to compose but
+# expanded by every walk over the document: a few lines can name 10^8 nodes (an alias bomb), or
+# a node can contain itself. Real inventories reuse blocks a few times per host at most.
+MAX_ALIAS_GROWTH = 50          # expanded nodes per node written...
+MAX_ALIAS_SLACK = 100_000      # ...beyond this many
+MAX_DEPTH = 100                # nesting levels (groups within groups, vars within vars)
 # Setting types whose -e value is read as YAML (numbers, booleans, lists, mappings).
 TYPED_VALUES = ("int", "float", "bool", "port", "list", "dict")
 
@@ -124,12 +130,14 @@ class _Builder:
         self.host_vars: dict[str, dict[str, Any]] = {}
         self.host_nodes: dict[str, yaml.Node] = {}
         self.host_groups: dict[str, list[str]] = {}
+        self.group_nodes: dict[str, yaml.Node] = {}
         self.var_lines: dict[tuple[str, str], str] = {}  # (scope, var) -> file:line
 
     def group(self, name: str, node: yaml.Node, depth: int, parent: Group | None) -> Group:
         group = self.groups.get(name)
         if group is None:
             group = self.groups[name] = Group(name, [], [], {}, depth)
+            self.group_nodes[name] = node
         group.depth = max(group.depth, depth)
         for key, key_node, value in self.src.items(node, f"group {name!r}"):
             if key == "vars":
@@ -198,14 +206,70 @@ class _Builder:
 
     def members(self, name: str, seen: tuple[str, ...] = ()) -> list[str]:
         if name in seen:
-            raise InventoryError([f"{self.src.path}: group {name!r} contains itself "
-                                  f"({' -> '.join([*seen, name])})"])
+            raise InventoryError([f"{self.src.where(self.group_nodes[seen[-1]])}: group "
+                                  f"{name!r} contains itself ({' -> '.join([*seen, name])})"])
         group = self.groups[name]
         found = [h for h, groups in self.host_groups.items() if name in groups]
         for child in group.children:
             found += [h for h in self.members(child, (*seen, name)) if h not in found]
         order = list(self.host_vars)
         return sorted(set(found), key=order.index)
+
+
+def _check_shape(root: yaml.Node, path: Path) -> list[str]:
+    """Problems with what the document asks for: a node that contains itself, nesting past
+    MAX_DEPTH, aliases expanding it far past its written size. Iterative and memoised, so it
+    costs the document's written size, whatever the aliases would expand to."""
+    expanded: dict[int, int] = {}            # id(collection) -> nodes it stands for, expanded
+    open_nodes: set[int] = set()
+    scalars = 0
+    stack: list[tuple[yaml.Node, list | None, int]] = [(root, None, 1)]
+    while stack:
+        node, children, depth = stack.pop()
+        key = id(node)
+        if children is not None:             # second visit: its children are all sized
+            open_nodes.discard(key)
+            expanded[key] = 1 + sum(expanded.get(id(c), 1) for c in children)
+            continue
+        if key in expanded:
+            continue
+        if key in open_nodes:
+            return [f"{path}:{node.start_mark.line + 1}: a YAML alias refers to a node that "
+                    "contains it (a recursive alias): an inventory must be a tree"]
+        if depth > MAX_DEPTH:
+            return [f"{path}:{node.start_mark.line + 1}: nested more than {MAX_DEPTH} levels"]
+        children = _children(node)
+        open_nodes.add(key)
+        stack.append((node, children, depth))
+        for child in children:
+            if isinstance(child, yaml.ScalarNode):
+                scalars += 1
+            else:
+                stack.append((child, None, depth + 1))
+    written = len(expanded) + scalars
+    total = expanded.get(id(root), 1)
+    limit = MAX_ALIAS_GROWTH * written + MAX_ALIAS_SLACK
+    if total > limit:
+        return [f"{path}: YAML aliases expand {written} written nodes to {total}; refused "
+                f"past {limit} (an alias bomb?)"]
+    return []
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _decode(data: bytes, path: Path) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise InventoryError([f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                              f"offset {exc.start}): an inventory is a YAML text file"]) from None
 
 
 def _ancestry(groups: dict[str, Group], host_groups: list[str]) -> list[Group]:
@@ -282,18 +346,25 @@ def load_inventory(path: str | os.PathLike, known: dict[str, Setting] | None = N
     path = Path(path)
     known = dict(CORE_SETTINGS if known is None else known)
     try:
-        text = path.read_text()
+        text = _decode(path.read_bytes(), path)
     except OSError as exc:
         raise InventoryError([f"{path}: cannot read inventory: {exc.strerror or exc}"]) from None
     try:
         root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise InventoryError([f"{where}: malformed YAML: {getattr(exc, 'problem', exc)}"]) from None
+        position = getattr(exc, "position", None)   # a ReaderError's: a forbidden character
+        line = mark.line + 1 if mark else text.count("\n", 0, position) + 1 \
+            if position is not None else None
+        where = f"{path}:{line}" if line else str(path)
+        reason = getattr(exc, "problem", None) or getattr(exc, "reason", None) or exc
+        raise InventoryError([f"{where}: malformed YAML: {reason}"]) from None
     source = _Source(path, known)
     if root is None:
         raise InventoryError([f"{path}: inventory is empty; expected 'all:' with 'hosts:'"])
+    shape = _check_shape(root, path)
+    if shape:
+        raise InventoryError(shape)
     builder = _Builder(source)
     extra, extra_problems = parse_extra_vars(extra_vars, known)
     source.problems += extra_problems
