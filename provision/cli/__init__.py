@@ -297,8 +297,10 @@ def roles_cmd(names: tuple[str, ...], roles_dir: str | None) -> None:
 
 def _register() -> None:
     from provision.cli.lab_cmd import lab
+    from provision.cli.net_cmd import net_cmd
     from provision.cli.train_cmd import train_cmd
     main.add_command(lab)
+    main.add_command(net_cmd)
     main.add_command(train_cmd)
 
 
