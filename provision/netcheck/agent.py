@@ -19,6 +19,7 @@ import json
 import os
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -172,6 +173,9 @@ def measure_bandwidth(source, target, seconds):
                     conn.send(payload)
                 except BlockingIOError:
                     pass
+        # Reset, not close: a close would still send what fills this socket's buffer (seconds
+        # of it on a slow link), into the measurements of the next step.
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         received, elapsed = answer.split()
         elapsed = float(elapsed)
         if elapsed <= 0:
