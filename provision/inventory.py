@@ -19,6 +19,7 @@ from provision.errors import InventoryError
 from provision.settings import ALIASES, CORE_SETTINGS, NAME_RE, Setting, check_value, suggest
 
 GROUP_KEYS = ("hosts", "vars", "children")
+INVALID = object()   # a value that could not be read (its problem is already reported)
 # What an inventory's YAML may ask of the loader. Aliases are references, cheap to compose but
 # expanded by every walk over the document: a few lines can name 10^8 nodes (an alias bomb), or
 # a node can contain itself. Real inventories reuse blocks a few times per host at most.
@@ -99,8 +100,25 @@ class _Source:
     def problem(self, node: yaml.Node, message: str) -> None:
         self.problems.append(f"{self.where(node)}: {message}")
 
-    def value(self, node: yaml.Node) -> Any:
-        return self.constructor.construct_object(node, deep=True)
+    def value(self, node: yaml.Node, what: str = "value") -> Any:
+        """The node's Python value, or INVALID (a problem reported at its line) for a tag the
+        safe loader refuses (`!!python/object`, unknown tags) or a scalar its tag cannot read
+        (`!!int abc`, `!!timestamp zz`)."""
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError, TypeError, AttributeError, OverflowError) as exc:
+            # What a failed construction left half-done must not poison later values.
+            self.constructor.constructed_objects.clear()
+            self.constructor.recursive_objects.clear()
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            if isinstance(exc, yaml.YAMLError) and "constructor for the tag" in str(exc):
+                self.problem(node, f"{what}: the tag {tag} is not allowed in an inventory")
+            elif isinstance(node, yaml.ScalarNode):
+                self.problem(node, f"{what}: {node.value!r} is not a valid {tag}")
+            else:
+                self.problem(node, f"{what}: cannot read it as {tag}: "
+                                   f"{getattr(exc, 'problem', None) or exc}")
+            return INVALID
 
     def items(self, node: yaml.Node, what: str) -> Iterator[tuple[str, yaml.Node, yaml.Node]]:
         """(key, key node, value node) of a mapping; reports non-mappings and duplicate keys."""
@@ -111,7 +129,9 @@ class _Source:
             return
         seen: dict[str, yaml.Node] = {}
         for key_node, value_node in node.value:
-            key = self.value(key_node)
+            key = self.value(key_node, f"{what}: key")
+            if key is INVALID:
+                continue
             if not isinstance(key, str):
                 self.problem(key_node, f"{what}: key {key!r} must be a string")
                 continue
@@ -184,7 +204,9 @@ class _Builder:
         result: dict[str, Any] = {}
         for key, key_node, value_node in self.src.items(node, f"{scope.split(':', 1)[1]} vars"):
             name = ALIASES.get(key, key)
-            value = self.src.value(value_node)
+            value = self.src.value(value_node, key)
+            if value is INVALID:
+                continue
             setting = self.src.known.get(name)
             if setting is not None:
                 problem = check_value(setting, value)
@@ -221,6 +243,7 @@ def _check_shape(root: yaml.Node, path: Path) -> list[str]:
     MAX_DEPTH, aliases expanding it far past its written size. Iterative and memoised, so it
     costs the document's written size, whatever the aliases would expand to."""
     expanded: dict[int, int] = {}            # id(collection) -> nodes it stands for, expanded
+    collections: dict[int, yaml.Node] = {}
     open_nodes: set[int] = set()
     scalars = 0
     stack: list[tuple[yaml.Node, list | None, int]] = [(root, None, 1)]
@@ -239,6 +262,7 @@ def _check_shape(root: yaml.Node, path: Path) -> list[str]:
         if depth > MAX_DEPTH:
             return [f"{path}:{node.start_mark.line + 1}: nested more than {MAX_DEPTH} levels"]
         children = _children(node)
+        collections[key] = node
         open_nodes.add(key)
         stack.append((node, children, depth))
         for child in children:
@@ -250,8 +274,10 @@ def _check_shape(root: yaml.Node, path: Path) -> list[str]:
     total = expanded.get(id(root), 1)
     limit = MAX_ALIAS_GROWTH * written + MAX_ALIAS_SLACK
     if total > limit:
-        return [f"{path}: YAML aliases expand {written} written nodes to {total}; refused "
-                f"past {limit} (an alias bomb?)"]
+        # Named: the innermost node past the limit, where the aliases multiply out of bounds.
+        node = collections[min((k for k, n in expanded.items() if n > limit), key=expanded.get)]
+        return [f"{path}:{node.start_mark.line + 1}: YAML aliases expand {written} written "
+                f"nodes to {total}; refused past {limit} (an alias bomb?)"]
     return []
 
 

@@ -19,9 +19,10 @@ IFNAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Paths go into remote commands quoted, but a newline or NUL is never a real path.
 PATH_RE = re.compile(r"[^\x00\n\r]+")
+SHA256_RE = re.compile(r"[0-9A-Fa-f]{64}")
 
 TYPES = ("str", "int", "float", "bool", "path", "abspath", "address", "user", "ifname",
-         "name", "port", "cidr", "list", "dict", "env")
+         "name", "port", "cidr", "list", "dict", "env", "sha256")
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ def _check_scalar(kind: str, value: Any) -> str | None:
             return f"must be {what}, got {value!r}"
         if kind == "abspath" and not value.startswith("/"):
             return f"must be an absolute path, got {value!r}"
+    if kind == "sha256" and value and not SHA256_RE.fullmatch(value):
+        return f"must be a sha256 hex digest (64 hex digits) or empty, got {value!r}"
     if kind == "cidr":
         try:
             ipaddress.ip_network(value, strict=False)

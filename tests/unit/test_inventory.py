@@ -458,3 +458,65 @@ def test_select_empty_group(write):
     with pytest.raises(InventoryError) as info:
         inv.select("spare")
     assert info.value.problems == ["--limit: group 'spare' has no hosts"]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("x: !!python/object:os.system ls", "x: the tag !!python/object:os.system is not allowed"),
+    ("x: !!python/name:os.system", "x: the tag !!python/name:os.system is not allowed"),
+    ("x: !custom value", "x: the tag !custom is not allowed"),
+    ("x: !!int abc", "x: 'abc' is not a valid !!int"),
+    ("x: !!float abc", "x: 'abc' is not a valid !!float"),
+    ("x: !!timestamp zz", "x: 'zz' is not a valid !!timestamp"),
+    ("? !!python/name:os.system k\n      : 1", "key: the tag !!python/name:os.system"),
+])
+def test_a_value_the_safe_loader_cannot_read_is_a_problem_at_its_line(write, text, expected):
+    path = write("all:\n  hosts:\n    n1:\n      address: 10.0.0.1\n      " + text + "\n")
+    found = problems(path)
+    assert len(found) == 1 and found[0].startswith(f"{path}:5: ") and expected in found[0], found
+
+
+def test_unreadable_values_elsewhere_do_not_hide_the_others(write):
+    path = write("""
+        all:
+          vars: {a: !!int abc, b: ok}
+          hosts:
+            n1: {address: 10.0.0.1, port: 0, c: !!float x}
+    """)
+    found = problems(path)
+    assert found == [f"{path}:2: a: 'abc' is not a valid !!int",
+                     f"{path}:4: port: must be a port number 1-65535, got 0",
+                     f"{path}:4: c: 'x' is not a valid !!float"]
+
+
+SHA = "a098a5b1581d8fd078c430b82e27106602223e335efef708a124e723814d120c"
+
+
+@pytest.mark.parametrize("bad", ["abc", SHA[:-1], SHA + "0", "g" * 64, SHA + "\n", f" {SHA}",
+                                 "sha256:" + SHA, 1234])
+def test_a_malformed_conda_installer_sha256_is_an_inventory_error(write, bad):
+    # It used to surface only at the conda task, after the other roles had changed the hosts.
+    from provision.setup import known_settings
+    path = write(f"all:\n  vars:\n    conda_installer_sha256: {json.dumps(bad)}\n"
+                 "  hosts:\n    n1: {address: 10.0.0.1}\n")
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path, known_settings())
+    assert len(info.value.problems) == 1, info.value.problems
+    assert info.value.problems[0].startswith(f"{path}:3: conda_installer_sha256: must be ")
+
+
+@pytest.mark.parametrize("good", [SHA, SHA.upper(), ""])
+def test_a_well_formed_or_empty_conda_installer_sha256_loads(write, good):
+    from provision.setup import known_settings
+    path = write(f"all:\n  vars:\n    conda_installer_sha256: {json.dumps(good)}\n"
+                 "  hosts:\n    n1: {address: 10.0.0.1}\n")
+    assert load_inventory(path, known_settings()).hosts["n1"].vars["conda_installer_sha256"] == good
+
+
+def test_an_alias_bomb_names_the_line_where_the_aliases_multiply_past_the_limit(write):
+    levels = "abcdefgh"
+    lines = [f"    {name}: &{name} [{', '.join([f'*{levels[i - 1]}' if i else 'x'] * 10)}]"
+             for i, name in enumerate(levels)]
+    path = write("all:\n  vars:\n" + "\n".join(lines) + "\n  hosts:\n    n1: {address: 10.0.0.1}\n")
+    found = problems(path)
+    # Level d (line 6) stands for ~10^4 nodes, under the limit; level e (line 7), ~10^5, is not.
+    assert len(found) == 1 and found[0].startswith(f"{path}:7: YAML aliases expand "), found

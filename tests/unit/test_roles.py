@@ -122,7 +122,7 @@ def test_every_problem_reported_with_its_line(roles):
     assert f"{path}: role: unknown key 'descripton' (did you mean 'description'?)" in lines
     assert f"{path}:3: argument 'a' needs a type, one of " \
            "str, int, float, bool, path, abspath, address, user, ifname, name, port, cidr, " \
-           "list, dict, env" in lines
+           "list, dict, env, sha256" in lines
     assert f"{path}:4: default of 'b' must be an integer, got '3'" in lines
     assert f"{path}:5: argument 'c': unknown key 'defualt' (did you mean 'default'?)" in lines
     assert f"{path}:6: default of 'd' must be a port number 1-65535, got 0" in lines
