@@ -39,20 +39,26 @@ def write_heatmap(path: Path, nodes: list[str], links: list[Link], verdict: Verd
 
     cells = matrix(nodes, links)
     values = [[float("nan") if v is None else v for v in row] for row in cells]
-    size = max(4.0, 0.6 * len(nodes) + 2.5)
-    figure, axes = plt.subplots(figsize=(size + 1.5, size))
+    size = max(4.0, 0.5 * len(nodes) + 2.5)
+    figure, axes = plt.subplots(figsize=(size + 1.2, size))
     image = axes.imshow(values, cmap="viridis", vmin=0)
     figure.colorbar(image, ax=axes, label="Gbit/s (row sends to column)")
     axes.set_xticks(range(len(nodes)), nodes, rotation=90)
     axes.set_yticks(range(len(nodes)), nodes)
     axes.set_xlabel("receiver")
     axes.set_ylabel("sender")
+    axes.set_facecolor("#dddddd")          # cells without a figure
     if len(nodes) <= 16:
+        top = max((v for row in cells for v in row if v is not None), default=0)
         for row, line in enumerate(cells):
             for column, value in enumerate(line):
-                if value is not None:
-                    axes.text(column, row, f"{value:.3g}", ha="center", va="center",
-                              fontsize=8, color="white")
+                if row == column:
+                    continue
+                # Dark text on viridis' bright end, light text on its dark end.
+                text, colour = ("n/a", "black") if value is None else \
+                    (f"{value:.3g}", "black" if value > 0.6 * top else "white")
+                axes.text(column, row, text, ha="center", va="center", fontsize=8,
+                          color=colour)
     index = {node: i for i, node in enumerate(nodes)}
     flagged = {cell for finding in verdict.findings for cell in finding.cells}
     for sender, receiver in flagged:

@@ -96,6 +96,12 @@ def _cells(link: Link) -> tuple[tuple[str, str], ...]:
     return ((link.a, link.b), (link.b, link.a))
 
 
+def _slow_cells(link: Link, limit: float) -> tuple[tuple[str, str], ...]:
+    """The link's directions below `limit`."""
+    return tuple(cell for cell, bps in zip(_cells(link), (link.forward_bps, link.backward_bps))
+                 if bps < limit)
+
+
 def _node_reference(nodes: list[str], links: list[Link], value, best) -> float | None:
     """Median over the nodes of each node's best link figure."""
     bests = [best(value(link) for link in links if link.touches(node)) for node in nodes
@@ -154,7 +160,7 @@ def _throughput(nodes: list[str], links: list[Link], threshold: float
             f"{node}: every link is slow ({way}): sends {rate(sends)}, receives "
             f"{rate(receives)} (median over its {len(own)} links), reference {rate(reference)}: "
             "its NIC, cable or switch port",
-            tuple(cell for link in own for cell in _cells(link))))
+            tuple(cell for link in own for cell in _slow_cells(link, limit))))
     for link in links:
         if any(link.touches(node) for node in slow_nodes):
             continue
@@ -163,7 +169,7 @@ def _throughput(nodes: list[str], links: list[Link], threshold: float
                 "slow-link", (link.a, link.b),
                 f"{link.a} - {link.b}: {link.a} -> {link.b} {rate(link.forward_bps)}, "
                 f"{link.b} -> {link.a} {rate(link.backward_bps)}; below {threshold:.0%} of the "
-                f"reference {rate(reference)}", _cells(link)))
+                f"reference {rate(reference)}", _slow_cells(link, limit)))
         if link.bps < threshold * max(link.forward_bps, link.backward_bps):
             slower = (link.a, link.b) if link.forward_bps < link.backward_bps else (link.b, link.a)
             findings.append(Finding(

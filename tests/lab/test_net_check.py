@@ -165,11 +165,12 @@ def test_text_report_and_plot_hint(lab, make_inventory, cli):
 
 
 def test_all_reduce_busbw_is_consistent_with_the_pairwise_figures(lab, make_inventory, cli, tc):
-    """Every training host's veth limited to 100 Mbit/s each way, so the network, not the two
-    shared CPUs, bounds both figures. A ring all-reduce moves 2(n-1)/n of the message over each
-    link, which busbw accounts for: at the largest size busbw approaches the links' speed. It
-    must not exceed it (1.3x: tbf's burst and timing jitter), and gloo's own overheads (its
-    reduction on loaded CPUs, the 3 ranks' start-up skew at each size) keep it within 4x below."""
+    """Every training host's veth limited to 100 Mbit/s each way, so that the network, not the
+    two shared CPUs, bounds both figures. A ring all-reduce sends and receives 2(n-1)/n of the
+    message over each rank's link, which busbw accounts for, so at a size the link bounds busbw
+    is the link's speed (here about 0.93 of the pairwise figure). It cannot beat the link by
+    more than timing noise (1.3x), and gloo's per-chunk handshakes on loaded CPUs may cost it
+    some, never half."""
     training = [h.name for h in lab.hosts[:lab.training]]
     for host in training:
         for side in ("out", "in"):
@@ -186,4 +187,4 @@ def test_all_reduce_busbw_is_consistent_with_the_pairwise_figures(lab, make_inve
     assert all(s["ranks"] == len(training) for s in sweep["sizes"])
     slowest = min(min(l["a_to_b_bps"], l["b_to_a_bps"]) for l in report["links"])
     busbw = sweep["sizes"][-1]["busbw_bytes_per_s"] * 8
-    assert slowest / 4 < busbw < slowest * 1.3, (busbw, slowest)
+    assert slowest / 2 < busbw < slowest * 1.3, (busbw, slowest)

@@ -106,8 +106,14 @@ def test_slow_node_message_names_the_direction():
     nodes, links = cluster(5, slow_node("n4", 5, sends=9.4, receives=0.02))
     (finding,) = judge(nodes, links, 0.5).findings
     assert "(receiving)" in finding.message and "NIC, cable or switch port" in finding.message
-    # Every figure of its links is marked for the heatmap.
-    assert len(finding.cells) == 2 * 4
+    # The slow figure of each of its links is marked for the heatmap: what it receives.
+    assert sorted(finding.cells) == [(peer, "n4") for peer in ("n1", "n2", "n3", "n5")]
+
+
+def test_a_slow_link_marks_its_slow_directions_only():
+    nodes, links = cluster(4, {"n1-n3": (0.02, 9.4, 0.05)})
+    slow, asymmetric = judge(nodes, links, 0.5).findings
+    assert slow.cells == asymmetric.cells == (("n1", "n3"),)
 
 
 def test_asymmetric_marks_only_the_slow_direction():
