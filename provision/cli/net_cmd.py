@@ -24,8 +24,8 @@ from provision.errors import ProvisionError
 from provision.netcheck import collective, plot
 from provision.netcheck.endpoint import NodeState, inspect_nodes
 from provision.netcheck.pairwise import measure, run_seconds, start_agents
-from provision.netcheck.schedule import plan_steps
-from provision.netcheck.verdict import judge
+from provision.netcheck.schedule import disjoint_rounds, plan_steps
+from provision.netcheck.verdict import better_of, judge, to_retest
 from provision.runner import HostSession
 from provision.train import build_train_config
 from provision.train.config import TrainConfig
@@ -138,8 +138,11 @@ def exit_code(nodes: dict[str, NodeState], flagged: bool,
 def _pairwise(sessions, nodes: dict[str, NodeState], python: str, seconds: float,
               threshold: float, quick: bool, progress):
     ready = [name for name, state in nodes.items() if state.endpoint is not None]
-    # The programs' deadline covers the plan for every node that may start; fewer is shorter.
-    deadline = run_seconds(plan_steps(ready, quick), seconds)
+    # The programs' deadline covers the plan for every node that may start (fewer is shorter)
+    # and the retests: at most n-1 pairs, at worst one round each (all on one node).
+    retests = [(ready[0], other) for other in ready[1:]]
+    deadline = run_seconds(plan_steps(ready, quick), seconds) \
+        + run_seconds(disjoint_rounds(retests), seconds)
     agents = start_agents({n: sessions[n] for n in ready},
                           {n: nodes[n].endpoint for n in ready},
                           {n: nodes[n].port for n in ready},
@@ -152,13 +155,24 @@ def _pairwise(sessions, nodes: dict[str, NodeState], python: str, seconds: float
         rounds = plan_steps(started, quick)
         progress(f"provision net: {len(started)} node(s), {len(rounds)} round(s) of "
                  f"{seconds:g} s per direction" + (" (ring)" if quick else ""))
-        links = measure(agents, rounds, seconds,
-                        lambda done, total: progress(f"  round {done + 1}/{total}")
-                        if done < total else None)
+        links = measure(agents, rounds, seconds, _round_progress(progress))
+        verdict = judge(started, links, threshold)
+        again = to_retest(verdict, links)[:len(retests)]
+        if again:
+            progress(f"measuring {len(again)} flagged link(s) again")
+            second = {(l.a, l.b): l for l in measure(agents, disjoint_rounds(again), seconds,
+                                                     _round_progress(progress))}
+            links = [better_of(l, second[(l.a, l.b)]) if (l.a, l.b) in second else l
+                     for l in links]
+            verdict = judge(started, links, threshold)
     finally:
         with ThreadPoolExecutor(max_workers=max(1, len(agents))) as pool:
             list(pool.map(lambda agent: agent.stop(), agents.values()))
-    return links, judge(started, links, threshold), started
+    return links, verdict, started
+
+
+def _round_progress(progress):
+    return lambda done, total: progress(f"  round {done + 1}/{total}") if done < total else None
 
 
 def _collective(config: TrainConfig, sessions, nodes: dict[str, NodeState], staging,

@@ -66,3 +66,19 @@ def plan_steps(nodes: list[str], quick: bool) -> list[list[Step]]:
 def pairs_of(rounds: list[list[Step]]) -> list[tuple[str, str]]:
     """Every pair the plan measures, as (first, second) in the order it measures them."""
     return [(t.source, t.target) for steps in rounds for t in steps[0]]
+
+
+def disjoint_rounds(pairs: list[tuple[str, str]]) -> list[list[Step]]:
+    """Rounds for an arbitrary set of pairs (the flagged links measured again): each round
+    takes, in order, every pair whose nodes no earlier pair of the round has taken."""
+    left, rounds = list(pairs), []
+    while left:
+        busy: set[str] = set()
+        chosen = []
+        for a, b in left:
+            if a not in busy and b not in busy:
+                chosen.append((a, b))
+                busy |= {a, b}
+        left = [pair for pair in left if pair not in chosen]
+        rounds.append(_round_steps(chosen))
+    return rounds

@@ -73,9 +73,6 @@ class Verdict:
     def flagged(self) -> bool:
         return bool(self.findings)
 
-    def of_kind(self, *kinds: str) -> list[Finding]:
-        return [f for f in self.findings if f.kind in kinds]
-
 
 def three_digits(value: float) -> str:
     """Three significant digits, trailing zeros kept: 14.0, 2.31, 0.0200, 143."""
@@ -203,6 +200,39 @@ def _latency(nodes: list[str], links: list[Link], threshold: float
                 f"{link.a} - {link.b}: round trip {link.rtt_ms:.2f} ms, reference "
                 f"{reference:.2f} ms", _cells(link)))
     return reference, findings
+
+
+# A node finding is confirmed on this many of its links: enough to tell a bad NIC from a
+# moment's dip, without measuring every link of a bad node twice.
+RETEST_PER_NODE = 3
+
+
+def to_retest(verdict: Verdict, links: list[Link]) -> list[tuple[str, str]]:
+    """The links a finding is about, measured again before the verdict stands: a transient dip
+    (another job's burst, a busy CPU on a shared host) must not be reported as a bad link."""
+    pairs: list[tuple[str, str]] = []
+    for finding in verdict.findings:
+        if len(finding.nodes) == 2:
+            pairs.append(finding.nodes)         # type: ignore[arg-type]
+        elif finding.kind != "unmeasured-node":
+            node = finding.nodes[0]
+            pairs += [(l.a, l.b) for l in links if l.touches(node)][:RETEST_PER_NODE]
+    return list(dict.fromkeys(pairs))
+
+
+def better_of(first: Link, second: Link) -> Link:
+    """Two measurements of one link combined: the faster figure of each direction and the
+    quicker round trip (a link cannot be faster than it is, only seem slower)."""
+    def best(x, y, pick):
+        values = [v for v in (x, y) if v is not None]
+        return pick(values) if values else None
+
+    forward = best(first.forward_bps, second.forward_bps, max)
+    backward = best(first.backward_bps, second.backward_bps, max)
+    problem = None if forward is not None and backward is not None else \
+        (second.problem or first.problem)
+    return Link(first.a, first.b, forward, backward, best(first.rtt_ms, second.rtt_ms, min),
+                problem)
 
 
 def judge(nodes: list[str], links: list[Link], threshold: float) -> Verdict:

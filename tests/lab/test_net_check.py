@@ -89,7 +89,7 @@ def test_unshaped_lab_raises_no_false_alarm_in_5_runs(lab, net):
 
 def test_quick_measures_the_ring(net):
     code, report = net("--quick")
-    assert code == 0 and report["mode"] == "ring"
+    assert code == 0 and report["mode"] == "ring", report["findings"]
     assert len(report["links"]) == 4
 
 

@@ -28,8 +28,11 @@ class LocalAgent:
             agent_argv(pythons or ["/nonexistent/python", sys.executable], address, self.port,
                        deadline),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.process.stdin.write(AGENT_SOURCE.encode())
-        self.process.stdin.flush()
+        try:
+            self.process.stdin.write(AGENT_SOURCE.encode())
+            self.process.stdin.flush()
+        except BrokenPipeError:
+            pass      # no Python: sh exited before reading the program
         self.next_id = 0
 
     def line(self) -> dict:
@@ -42,8 +45,10 @@ class LocalAgent:
         return self.line()
 
     def close(self) -> int:
-        if not self.process.stdin.closed:
+        try:
             self.process.stdin.close()
+        except BrokenPipeError:
+            pass
         return self.process.wait(timeout=20)
 
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from provision.netcheck.schedule import pairs_of, plan_steps, ring, tournament
+from provision.netcheck.schedule import disjoint_rounds, pairs_of, plan_steps, ring, tournament
 
 
 def names(n: int) -> list[str]:
@@ -64,3 +64,15 @@ def test_quick_is_one_round_of_two_transfer_steps_whatever_the_size():
 def test_full_plan_for_64_nodes_is_63_rounds():
     rounds = plan_steps(names(64), quick=False)
     assert len(rounds) == 63 and len(pairs_of(rounds)) == 64 * 63 // 2
+
+
+def test_disjoint_rounds_never_put_a_node_in_two_pairs_of_a_round():
+    pairs = [("a", "b"), ("a", "c"), ("c", "d"), ("b", "d"), ("a", "d")]
+    rounds = disjoint_rounds(pairs)
+    assert sorted(pairs_of(rounds)) == sorted(pairs)
+    for steps in rounds:
+        busy = [node for t in steps[0] for node in (t.source, t.target)]
+        assert len(busy) == len(set(busy))
+    # a star of pairs on one node: one round each
+    assert len(disjoint_rounds([("a", x) for x in "bcde"])) == 4
+    assert disjoint_rounds([]) == []

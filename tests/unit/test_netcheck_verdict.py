@@ -10,7 +10,8 @@ import itertools
 
 import pytest
 
-from provision.netcheck.verdict import LATENCY_FLOOR_MS, Link, judge, rate, three_digits
+from provision.netcheck.verdict import (LATENCY_FLOOR_MS, RETEST_PER_NODE, Link, better_of, judge,
+                                        rate, three_digits, to_retest)
 
 HEALTHY = (9.4, 9.4, 0.05)   # a->b Gbit/s, b->a Gbit/s, RTT ms
 
@@ -143,3 +144,29 @@ def test_rate(bps, text):
 
 def test_three_digits_of_zero_and_tiny_values():
     assert three_digits(0) == "0" and three_digits(0.000123) == "0.000123"
+
+
+def test_a_dip_that_a_retest_does_not_see_again_is_no_finding():
+    nodes, links = cluster(4, {"n1-n3": (0.5, 9.4, 0.05)})
+    verdict = judge(nodes, links, 0.5)
+    assert to_retest(verdict, links) == [("n1", "n3")]
+    retest = Link("n1", "n3", 9.3e9, 0.3e9, 0.04)
+    combined = [better_of(l, retest) if (l.a, l.b) == ("n1", "n3") else l for l in links]
+    assert not judge(nodes, combined, 0.5).flagged
+    link = next(l for l in combined if (l.a, l.b) == ("n1", "n3"))
+    assert (link.forward_bps, link.rtt_ms) == (9.3e9, 0.04) and link.backward_bps > 9e9
+
+
+def test_a_slow_node_is_retested_on_a_few_of_its_links_only():
+    nodes, links = cluster(8, slow_node("n8", 8))
+    pairs = to_retest(judge(nodes, links, 0.5), links)
+    assert len(pairs) == RETEST_PER_NODE and all("n8" in pair for pair in pairs)
+
+
+def test_a_retest_that_measures_what_failed_clears_the_problem():
+    failed = Link("n1", "n2", problem="n1 -> n2: timed out")
+    assert better_of(failed, Link("n1", "n2", 9e9, 9e9, 0.05)).measured
+    assert better_of(failed, Link("n1", "n2", problem="refused")).problem == "refused"
+    # what a dead node leaves is not worth measuring again
+    nodes, links = cluster(4, {}, {f"n{i}-n4": "gone" for i in (1, 2, 3)})
+    assert to_retest(judge(nodes, links, 0.5), links) == []
