@@ -111,7 +111,10 @@ class Agent:
                 if message.get("event") == "ready":
                     self._ready = True
                 elif message.get("event") == "error":
-                    self.problem = message["error"]
+                    self.problem = message["error"] + (
+                        " (a training job running on this node? stop it, or set "
+                        "rendezvous_port to a free port the firewall opens)"
+                        if "in use" in message["error"] else "")
                 elif message.get("event") == "deadline":
                     self.problem = "the measuring program reached its deadline"
                 elif "id" in message:
