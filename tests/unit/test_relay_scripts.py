@@ -1,0 +1,97 @@
+"""The relay's sh scripts for the controller's copies, run for real under sh: a copy kept while
+stdin stays open, and a copy that comes with its command and goes after it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from provision.relay.scripts import direct_script, keep_script
+
+DATA = os.urandom(1 << 20)
+SHA256 = hashlib.sha256(DATA).hexdigest()
+
+
+@pytest.fixture
+def path(tmp_path) -> str:
+    # Hostile on purpose: every part of it must be quoted.
+    return str(tmp_path / "opt $(touch PWNED) 'q'" / ".provision-relay" / "x-installer.sh")
+
+
+def keeper(path: str, data: bytes) -> subprocess.Popen:
+    process = subprocess.Popen(["sh", "-c", keep_script(path, SHA256, len(DATA))],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, start_new_session=True)
+    process.stdin.write(data)
+    process.stdin.flush()
+    return process
+
+
+def waiting_on_stdin(pid: int) -> None:
+    """Until the keeper's `cat` runs (a signal before its exec would be the shell's alone)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/task/{pid}/children") as handle:
+            children = handle.read().split()
+        if any(Path(f"/proc/{child}/comm").read_text().strip() == "cat" for child in children):
+            return
+        time.sleep(0.01)
+    raise AssertionError("the keeper never waited on its stdin")
+
+
+def test_a_kept_copy_stays_until_stdin_closes(tmp_path, path):
+    process = keeper(path, DATA)
+    assert json.loads(process.stdout.readline()) == {"ok": len(DATA)}
+    with open(path, "rb") as handle:
+        assert handle.read() == DATA
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    process.stdin.close()
+    assert process.wait(10) == 0
+    assert not os.path.exists(os.path.dirname(path))         # the copies' directory too
+    assert os.path.isdir(os.path.dirname(os.path.dirname(path)))
+    assert not list(tmp_path.rglob("PWNED"))
+
+
+def test_a_corrupted_copy_is_refused_and_nothing_stays(path):
+    process = keeper(path, DATA[:-1] + b"!")
+    assert process.stdout.readline() == b""
+    assert process.wait(10) == 1
+    assert b"the copy received has sha256" in process.stderr.read()
+    assert not os.path.exists(os.path.dirname(path))
+
+
+def test_a_keeper_stopped_by_a_signal_removes_its_copy(path):
+    process = keeper(path, DATA)
+    process.stdout.readline()
+    assert os.path.exists(path)
+    waiting_on_stdin(process.pid)
+    os.killpg(process.pid, signal.SIGTERM)      # as a command's process group is stopped
+    assert process.wait(10) != 0
+    assert not os.path.exists(path)
+
+
+def test_a_direct_copy_serves_its_command_then_goes(tmp_path, path):
+    script = direct_script(path, SHA256, len(DATA), ["sha256sum", path])
+    done = subprocess.run(["sh", "-c", script], input=DATA, capture_output=True, check=False)
+    assert done.returncode == 0 and done.stdout.decode().startswith(SHA256)
+    assert not os.path.exists(os.path.dirname(path))
+    failing = direct_script(path, SHA256, len(DATA), "exit 7")
+    assert subprocess.run(["sh", "-c", failing], input=DATA, check=False).returncode == 7
+    assert not os.path.exists(os.path.dirname(path))
+
+
+def test_a_stale_part_of_an_interrupted_transfer_is_cleared(path):
+    os.makedirs(os.path.dirname(path))
+    with open(path + ".part-12345", "wb") as stale:
+        stale.write(b"half")
+    done = subprocess.run(["sh", "-c", direct_script(path, SHA256, len(DATA), "true")],
+                          input=DATA, check=False)
+    assert done.returncode == 0
+    assert not os.path.exists(os.path.dirname(path))
