@@ -140,7 +140,7 @@ def _pairwise(sessions, nodes: dict[str, NodeState], python: str, seconds: float
     ready = [name for name, state in nodes.items() if state.endpoint is not None]
     # The programs' deadline covers the plan for every node that may start (fewer is shorter)
     # and the retests: at most n-1 pairs, at worst one round each (all on one node).
-    retests = [(ready[0], other) for other in ready[1:]]
+    retests = [(ready[0], other) for other in ready[1:]] if ready else []
     deadline = run_seconds(plan_steps(ready, quick), seconds) \
         + run_seconds(disjoint_rounds(retests), seconds)
     agents = start_agents({n: sessions[n] for n in ready},

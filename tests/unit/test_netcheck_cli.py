@@ -42,6 +42,18 @@ def test_usage_errors(inventory, args, message):
     assert done.exit_code == 2 and message in done.output, done.output
 
 
+def test_nodes_that_refuse_ssh_are_unreachable_exit_4(tmp_path, isolated_home):
+    # Port 1 on this machine's loopback: refused at once, nothing leaves the machine.
+    path = tmp_path / "inventory.yaml"
+    path.write_text("all:\n  hosts:\n"
+                    "    a: {ansible_host: 127.0.0.1, ansible_port: 1}\n"
+                    "    b: {ansible_host: 127.0.0.2, ansible_port: 1}\n")
+    done = invoke(path, "--known-hosts", tmp_path / "known_hosts")
+    assert done.exit_code == 4, done.output
+    assert done.output.count("UNREACHABLE") == 2 and "Traceback" not in done.output
+    assert "collective" not in done.output
+
+
 def nodes(*states: NodeState) -> dict[str, NodeState]:
     return {s.name: s for s in states}
 
