@@ -153,8 +153,9 @@ def _pairwise(sessions, nodes: dict[str, NodeState], python: str, seconds: float
                 nodes[name].problem = agent.problem
         started = [name for name in ready if not agents[name].problem]
         rounds = plan_steps(started, quick)
-        progress(f"provision net: {len(started)} node(s), {len(rounds)} round(s) of "
-                 f"{seconds:g} s per direction" + (" (ring)" if quick else ""))
+        if rounds:
+            progress(f"provision net: {len(started)} node(s), {len(rounds)} round(s) of "
+                     f"{seconds:g} s per direction" + (" (ring)" if quick else ""))
         links = measure(agents, rounds, seconds, _round_progress(progress))
         verdict = judge(started, links, threshold)
         again = to_retest(verdict, links)[:len(retests)]

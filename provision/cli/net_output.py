@@ -99,7 +99,10 @@ def print_report(nodes: dict[str, NodeState], measured: list[str], links: list[L
     troubled = [state for state in nodes.values() if state.problem]
     for state in troubled:
         word, colour = ("UNREACHABLE", "magenta") if state.unreachable else ("NOT MEASURED", "red")
-        emit(click.style(f"  {word} ", fg=colour) + f"{state.name}: {state.problem}")
+        # SSH's errors name the host already; the measuring program's do not.
+        named = state.problem.startswith(f"{state.name}: ")
+        emit(click.style(f"  {word} ", fg=colour)
+             + (state.problem if named else f"{state.name}: {state.problem}"))
     for finding in verdict.findings:
         emit(click.style(f"  {finding.kind.upper()} ", fg="red") + finding.message)
     if result is not None and result.problem:
