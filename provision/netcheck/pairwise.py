@@ -48,6 +48,15 @@ def agent_argv(pythons: list[str], address: str, port: int, deadline: float) -> 
             f"{deadline:.0f}"]
 
 
+def round_trip(samples: list[float]) -> float | None:
+    """A link's round trip: the lower quartile of its samples. A path's own delay is in every
+    sample; a busy host's scheduling delays (milliseconds on loaded cores) only in some, and
+    the median of a short burst of pings catches them too often."""
+    if len(samples) < 2:
+        return samples[0] if samples else None
+    return statistics.quantiles(samples, n=4)[0]
+
+
 def step_seconds(step: Step, seconds: float) -> float:
     return RTT_STEP_SECONDS if step and step[0].kind == "rtt" else seconds
 
@@ -205,7 +214,7 @@ def _run_step(step: Step, agents: dict[str, Agent], seconds: float,
         if "error" in answer:
             entry.problems.append(f"{transfer.source} -> {transfer.target}: {answer['error']}")
         elif transfer.kind == "rtt":
-            entry.rtt_ms = statistics.median(answer["rtt_ms"]) if answer["rtt_ms"] else None
+            entry.rtt_ms = round_trip(answer["rtt_ms"])
         elif forward:
             entry.forward = answer["bps"]
         else:

@@ -28,7 +28,7 @@ class Link:
     b: str
     forward_bps: float | None = None     # a -> b
     backward_bps: float | None = None    # b -> a
-    rtt_ms: float | None = None          # median round trip
+    rtt_ms: float | None = None          # round trip (pairwise.round_trip)
     problem: str | None = None           # why the link could not be measured (fully)
 
     @property
