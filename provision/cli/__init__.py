@@ -298,10 +298,13 @@ def roles_cmd(names: tuple[str, ...], roles_dir: str | None) -> None:
 def _register() -> None:
     from provision.cli.lab_cmd import lab
     from provision.cli.net_cmd import net_cmd
+    from provision.cli.runs_cmd import attach_cmd, logs_cmd, runs_cmd, stop_cmd
     from provision.cli.train_cmd import train_cmd
     main.add_command(lab)
     main.add_command(net_cmd)
     main.add_command(train_cmd)
+    for command in (runs_cmd, logs_cmd, attach_cmd, stop_cmd):
+        main.add_command(command)
 
 
 _register()

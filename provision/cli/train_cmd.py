@@ -107,8 +107,11 @@ def report(result: JobResult) -> None:
               help="Where each run's logs and summary.json go.")
 @click.option("--dry-run", is_flag=True, help="Check the nodes and print each node's argv, "
                                                "directory and environment; launch nothing.")
+@click.option("--detach", is_flag=True, help="Start the job under a supervisor on every node "
+                                              "and return: it needs no controller (see "
+                                              "`provision runs`, `attach`, `logs`, `stop`).")
 def train_cmd(script, script_args, inventory, limit, forks, group, nproc_per_node, rdzv, env,
-              forward_env, sync_dir, python, grace, runs_dir, dry_run, **kwargs) -> None:
+              forward_env, sync_dir, python, grace, runs_dir, dry_run, detach, **kwargs) -> None:
     """Run a script with torchrun on every training node (exit code: the job's)."""
     from provision.setup import known_settings
     ssh = ssh_settings(kwargs)
@@ -134,7 +137,7 @@ def train_cmd(script, script_args, inventory, limit, forks, group, nproc_per_nod
     options = connect_options(ssh, config.nodes)
     sessions = {n.name: HostSession(HostConnection(n, options)) for n in config.nodes}
     try:
-        code = _run(config, sessions, staging, dry_run, grace, Path(runs_dir), inv.path)
+        code = _run(config, sessions, staging, dry_run, grace, Path(runs_dir), inv.path, detach)
     except HostUnreachable as exc:
         fail(f"{exc}", 4)
     except KeyboardInterrupt:
@@ -145,7 +148,8 @@ def train_cmd(script, script_args, inventory, limit, forks, group, nproc_per_nod
     raise SystemExit(code)
 
 
-def _run(config, sessions, staging, dry_run, grace, runs_dir: Path, inventory: Path) -> int:
+def _run(config, sessions, staging, dry_run, grace, runs_dir: Path, inventory: Path,
+         detach: bool) -> int:
     max_skew = float(config.master.vars.get("ntp_max_skew_ms", DEFAULT_MAX_SKEW_MS))
     reports = check_nodes(sessions, config, staging.source is None, max_skew)
     commands = {n.name: node_command(config, n, reports[n.name].ifname) for n in config.nodes}
@@ -172,6 +176,9 @@ def _run(config, sessions, staging, dry_run, grace, runs_dir: Path, inventory: P
         emit(f"not launching: the training files could not be put on {len(failed)} node(s)",
              err=True)
         return 2
+    if detach:
+        from provision.cli.runs_cmd import launch_detached
+        return launch_detached(config, sessions, commands, grace, inventory)
     log_dir = runs_dir / config.run_id
     width = max(len(f"{n.name}[{config.node_rank(n)}]") for n in config.nodes)
     job = Job(config, sessions, commands, log_dir, line_printer(width, sys.stdout.isatty()),

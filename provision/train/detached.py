@@ -208,14 +208,15 @@ def log_script(host: Host, run_id: str, follow: bool, tail: int | None) -> str:
             " -F --pid=\"$pid\" \"$d/output.log\" 2>/dev/null; fi\n" + show + "\n")
 
 
-def stop_node_script(host: Host, run_id: str, grace: float) -> str:
-    """TERM the node's supervisor (it stops its job, tells the others, records the end) and
-    wait for it; then sweep for anything of the job still there. Prints whether a supervisor
-    was running, then the number of the job's processes left."""
+def stop_node_script(host: Host, run_id: str, grace: float, reason: str) -> str:
+    """TERM the node's supervisor (it stops its job, tells the others, records `reason` as
+    why) and wait for it; then sweep for anything of the job still there. Prints whether a
+    supervisor was running, then the number of the job's processes left."""
     steps = int((grace + STOP_WAIT) * 10)
     return (_alive_function(node_dir(host, run_id))
             + "was=0\n"
-            + "if alive; then was=1; kill -TERM \"$pid\"; i=0\n"
+            + f"if alive; then was=1; printf '%s\\n' {shlex.quote(reason)} > \"$d/stop_reason\"\n"
+            + "  kill -TERM \"$pid\"; i=0\n"
             + f"  while alive && [ $i -lt {steps} ]; do sleep 0.1; i=$((i+1)); done\n"
             + "fi\n"
             + "echo supervisor=$was\n"
@@ -230,16 +231,16 @@ class StopOutcome:
     problem: str | None = None
 
 
-def stop_all(sessions: dict[str, HostSession], run_id: str, grace: float,
-             forks: int) -> list[StopOutcome]:
+def stop_all(sessions: dict[str, HostSession], run_id: str, grace: float, forks: int,
+             reason: str) -> list[StopOutcome]:
     """Stop the run on every node, `forks` nodes at once: each one's supervisor tells the
     others, so the nodes not yet reached stop within the heartbeat deadline anyway."""
     def one(name: str) -> StopOutcome:
         session = sessions[name]
         try:
-            result = session.connection.run(stop_node_script(session.connection.host, run_id,
-                                                             grace),
-                                            timeout=grace + STOP_WAIT + 30)
+            result = session.connection.run(
+                stop_node_script(session.connection.host, run_id, grace, reason),
+                timeout=grace + STOP_WAIT + 30)
         except HostUnreachable as exc:
             return StopOutcome(name, False, None, str(exc))
         session.round_trips += 1

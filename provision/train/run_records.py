@@ -90,7 +90,9 @@ def merge(records: list[NodeRecord]) -> RunView:
         if own is None or own.get("rank") not in nodes:
             continue
         if own.get("finished_at") is not None or not full:
-            nodes[own["rank"]].update(own)   # a node is the authority on its own job
+            # A node is the authority on its own job; what the master saw of it (lost, say)
+            # stays where the node itself has nothing to say.
+            nodes[own["rank"]].update({k: v for k, v in own.items() if v is not None})
         if entry.record.get("state") == "running" and not entry.alive \
                 and nodes[own["rank"]].get("finished_at") is None:
             nodes[own["rank"]]["lost"] = GONE

@@ -38,6 +38,9 @@ MAX_LINE = 65536          # a longer line without a newline is cut there
 SEND_TIMEOUT = 2.0        # a peer that cannot take a heartbeat this long is as good as silent
 HELLO_TIMEOUT = 5.0       # an accepted connection must say who it is this soon
 CLOSE_LINGER = 2.0        # the master waits this long for followers to take the final record
+# The supervisor's own lines in the node's log start with NOTE; `attach` looks for STOPPING.
+NOTE = "[provision] "
+STOPPING = "stopping this node's job: "
 
 
 def write_atomically(path: str, data: dict) -> None:
@@ -190,13 +193,22 @@ class Supervisor:
         if self.signalled is not None:
             number, self.signalled = self.signalled, None
             if self.teardown_began is None:
-                self.stop_asked("stopped on %s (signal %d)" % (self.spec["host"], number))
+                self.stop_asked(self.stop_request() or "stopped on %s (signal %d)"
+                                % (self.spec["host"], number))
         self.side_tick(now)
         self.local_tick()
         if now - self.last_beat >= self.spec["heartbeat"]:
             self.last_beat = now
             for peer in self.connected():
                 peer.send({"t": "beat"})
+
+    def stop_request(self) -> str:
+        """Why `provision stop` sent its TERM: it writes that first (empty for other TERMs)."""
+        try:
+            with open(os.path.join(self.dir, "stop_reason")) as handle:
+                return handle.read(200).strip()
+        except OSError:
+            return ""
 
     def report_ready(self, error=None) -> None:
         """Tell `start` (and through it the controller) that this node started, or why not;
@@ -240,7 +252,7 @@ class Supervisor:
 
     def note(self, text: str) -> None:
         """A line of the supervisor's own in the node's log, so `logs` shows why it stopped."""
-        self.log.write(b"[provision] " + text.encode(errors="replace") + b"\n")
+        self.log.write((NOTE + text).encode(errors="replace") + b"\n")
 
     def on_output(self, reader) -> bool:
         """Log what the job printed; False once nothing more is there to read now."""
@@ -317,7 +329,7 @@ class Supervisor:
     def begin_stop(self) -> None:
         if self.teardown_began is not None:
             return
-        self.note("stopping this node's job: " + self.why_stopping())
+        self.note(STOPPING + self.why_stopping())
         self.tell_stop()
         self.stop_job()
 

@@ -101,7 +101,8 @@ def one_node_run(tmp_path, marked_pids):
 
     yield start
     for run_id in started:
-        sh(stop_node_script(Host(name="n0", address="10.0.0.11"), run_id, 0.5), tmp_path)
+        sh(stop_node_script(Host(name="n0", address="10.0.0.11"), run_id, 0.5, "the end"),
+           tmp_path)
         assert not marked_pids(run_id)
 
 
@@ -135,13 +136,16 @@ def test_listing_logs_and_stop_on_a_real_node_directory(tmp_path, one_node_run, 
     assert {e.record["run_id"]: e.alive for e in listing(tmp_path)} == {finished: False,
                                                                          running: True}
     assert [e.record["run_id"] for e in listing(tmp_path, running[:-3])] == [running]
-    stopped = sh(stop_node_script(host, running, 0.5), tmp_path).stdout.decode().split()
+    why = "`provision stop` from me@there; $(id)"
+    stopped = sh(stop_node_script(host, running, 0.5, why), tmp_path).stdout.decode().split()
     assert stopped == ["supervisor=1", "0"]
     assert not marked_pids(running)
     entry = wait_state(tmp_path, running)
-    assert entry.record["state"] == "stopped"
-    assert "[provision] stopping this node's job: stopped on n0" in \
+    assert entry.record["state"] == "stopped" and entry.record["stop_reason"] == why
+    assert f"[provision] stopping this node's job: {why}" in \
         sh(log_script(host, running, False, None), tmp_path).stdout.decode()
+    again = sh(stop_node_script(host, running, 0.5, why), tmp_path).stdout.decode().split()
+    assert again == ["supervisor=0", "0"]
 
 
 def test_listing_of_a_home_without_runs_is_empty(tmp_path):
@@ -222,3 +226,14 @@ def test_runs_are_grouped_newest_first_and_bad_lines_skipped():
     new.update(run_id="r2", started=500.0)
     text = f"1 {json.dumps(old)}\nnot json\n2 {{}}\n0 {json.dumps(new)}\n"
     assert [v.run_id for v in group_runs(parse_listing(text))] == ["r2", "r1"]
+
+
+def test_a_node_adds_its_own_exit_code_to_what_the_master_saw_of_it():
+    seen = [node(0, exit_code=143, stopped_by_teardown=True, finished_at=160),
+            node(1, lost="no heartbeat from its supervisor for 10 s", finished_at=158)]
+    own = [node(0), node(1, exit_code=1, finished_at=155, survivors=0)]
+    view = merge([NodeRecord(record(0, seen, "failed", "master", cause=1), False),
+                  NodeRecord(record(1, own, "failed", cause=0), False)])
+    cause = view.root_cause
+    assert cause.host == "n1" and cause.lost.startswith("no heartbeat")
+    assert cause.exit_code == 1 and cause.survivors == 0

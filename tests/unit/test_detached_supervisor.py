@@ -65,8 +65,9 @@ class Cluster:
         answers: dict[int, dict] = {}
 
         def one(rank: int) -> None:
-            done = subprocess.run([sys.executable, "-I", "-S", str(self.dirs[rank] / "supervisor.py"),
-                                   "start", str(self.dirs[rank])],
+            directory = self.dirs[rank]
+            done = subprocess.run([sys.executable, "-I", "-S", str(directory / "supervisor.py"),
+                                   "start", str(directory)],
                                   capture_output=True, text=True, timeout=30)
             answers[rank] = json.loads(done.stdout.strip().splitlines()[-1])
         threads = [threading.Thread(target=one, args=(r,))
@@ -94,8 +95,8 @@ class Cluster:
         began = time.monotonic()
         while any(self.supervisor_alive(r) for r in range(len(self.dirs))):
             if time.monotonic() - began > timeout:
-                raise AssertionError("the supervisors did not end: "
-                                     + str([self.record(r)["state"] for r in range(len(self.dirs))]))
+                states = [self.record(r)["state"] for r in range(len(self.dirs))]
+                raise AssertionError(f"the supervisors did not end: {states}")
             time.sleep(0.05)
         return time.monotonic() - began
 
