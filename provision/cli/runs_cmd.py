@@ -66,6 +66,15 @@ def launch_detached(config: TrainConfig, sessions: dict[str, HostSession],
     return 0
 
 
+def _me() -> str:
+    """user@host of this controller, for the record of who stopped a run."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):    # no login name in the environment nor in the passwd file
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
+
+
 def _left(outcomes) -> str:
     left = {o.host: o.survivors for o in outcomes if o.survivors}
     unknown = [f"{o.host} ({o.problem})" for o in outcomes if o.survivors is None]
@@ -88,18 +97,24 @@ def _fleet(inventory: str, limit: str | None, kwargs: dict):
             session.connection.close()
 
 
-def _views(sessions: dict[str, HostSession], run: str | None, forks: int) -> list[RunView]:
+def _unreachable(problem: str) -> None:
+    emit(click.style("unreachable: ", fg="magenta") + problem, err=True)
+
+
+def _views(sessions: dict[str, HostSession], run: str | None,
+           forks: int) -> tuple[list[RunView], int]:
+    """The runs the hosts hold, and how many hosts could not be read."""
     try:
         records, unreadable = read_records(sessions, run, forks)
     except TrainError as exc:
         fail(str(exc))
     for problem in unreadable.values():
-        emit(click.style("unreachable: ", fg="magenta") + problem, err=True)
-    return group_runs(records)
+        _unreachable(problem)
+    return group_runs(records), len(unreadable)
 
 
 def _one_run(sessions: dict[str, HostSession], run: str, forks: int) -> RunView:
-    views = _views(sessions, run, forks)
+    views, _ = _views(sessions, run, forks)
     exact = [v for v in views if v.run_id == run]
     if exact:
         return exact[0]
@@ -163,14 +178,23 @@ def summarise(view: RunView) -> None:
 def runs_cmd(inventory, limit, forks, **kwargs) -> None:
     """Detached runs on the inventory's hosts, newest first (read from the nodes)."""
     with _fleet(inventory, limit, kwargs) as (_, sessions):
-        views = _views(sessions, None, forks)
+        views, unreachable = _views(sessions, None, forks)
     if not views:
         emit("no detached runs on these hosts")
-        return
+    else:
+        _runs_table(views)
+    raise SystemExit(4 if unreachable else 0)
+
+
+def _runs_table(views: list[RunView]) -> None:
+    def why(view: RunView) -> str:
+        if view.root_cause is not None:
+            return cause_text(view.root_cause)
+        return (view.stop_reason or "") if view.state == "stopped" else ""
+
     rows = [(v.run_id, v.state, str(len(v.nodes)),
              datetime.datetime.fromtimestamp(v.started).strftime("%Y-%m-%d %H:%M:%S"),
-             _duration(v), cause_text(v.root_cause) if v.root_cause else
-             (v.stop_reason or "") if v.state == "stopped" else "") for v in views]
+             _duration(v), why(v)) for v in views]
     header = ("RUN", "STATE", "NODES", "STARTED", "DURATION", "ROOT CAUSE")
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
     emit("  ".join(h.ljust(w) for h, w in zip(header, widths)) + "  " + header[5])
@@ -210,9 +234,11 @@ def _print_log(sink, node: NodeOutcome, until_stopping: bool = False):
 
 
 def _follow(sessions: dict[str, HostSession], view: RunView, nodes: list[NodeOutcome],
-            tail: int | None, until_stopping: bool = False) -> None:
-    """Every node's log, live, until every node's supervisor has ended (Ctrl-C: at once)."""
+            tail: int | None, until_stopping: bool = False) -> int:
+    """Every node's log, live, until every node's supervisor has ended (Ctrl-C: at once);
+    the number of nodes that could not be followed to the end."""
     sink = line_printer(max(len(f"{n.host}[{n.rank}]") for n in nodes), sys.stdout.isatty())
+    lost: list[str] = []
 
     def follow(node: NodeOutcome) -> None:
         connection = sessions[node.host].connection
@@ -220,7 +246,8 @@ def _follow(sessions: dict[str, HostSession], view: RunView, nodes: list[NodeOut
             process = connection.start(log_script(connection.host, view.run_id, True, tail))
             process.wait(float("inf"), _print_log(sink, node, until_stopping))
         except HostUnreachable as exc:
-            emit(click.style("unreachable: ", fg="magenta") + str(exc), err=True)
+            lost.append(node.host)
+            _unreachable(str(exc))
 
     threads = [threading.Thread(target=follow, args=(n,), daemon=True) for n in nodes]
     for thread in threads:
@@ -228,6 +255,7 @@ def _follow(sessions: dict[str, HostSession], view: RunView, nodes: list[NodeOut
     for thread in threads:
         while thread.is_alive():
             thread.join(0.5)    # in slices: Ctrl-C reaches the main thread between them
+    return len(lost)
 
 
 def _run_options(command):
@@ -255,18 +283,20 @@ def logs_cmd(run, inventory, limit, forks, follow, hosts, ranks, tail, **kwargs)
         nodes = _nodes_of(view, hosts, ranks)
         if follow:
             try:
-                _follow(sessions, view, nodes, tail)
+                raise SystemExit(4 if _follow(sessions, view, nodes, tail) else 0)
             except KeyboardInterrupt:
                 raise SystemExit(0) from None
-            return
         sink = line_printer(max(len(f"{n.host}[{n.rank}]") for n in nodes), sys.stdout.isatty())
+        unreachable = 0
         for node in nodes:
             connection = sessions[node.host].connection
             try:
                 connection.run(log_script(connection.host, view.run_id, False, tail),
                                on_line=_print_log(sink, node))
             except HostUnreachable as exc:
-                emit(click.style("unreachable: ", fg="magenta") + str(exc), err=True)
+                unreachable += 1
+                _unreachable(str(exc))
+    raise SystemExit(4 if unreachable else 0)
 
 
 @click.command("attach")
@@ -296,8 +326,7 @@ def stop_cmd(run, inventory, limit, forks, grace, **kwargs) -> None:
     with _fleet(inventory, limit, kwargs) as (_, sessions):
         view = _one_run(sessions, run, forks)
         nodes = {n.host: sessions[n.host] for n in view.nodes if n.host in sessions}
-        outcomes = stop_all(nodes, view.run_id, grace, forks,
-                            f"`provision stop` from {getpass.getuser()}@{socket.gethostname()}")
+        outcomes = stop_all(nodes, view.run_id, grace, forks, f"`provision stop` from {_me()}")
         view = _one_run(sessions, view.run_id, forks)
     summarise(view)
     emit(f"stopped run {view.run_id} on {len(outcomes)} node(s): {_left(outcomes)}", err=True)

@@ -111,6 +111,15 @@ def wait_for_workers(lab, hosts: list[str], run_id: str, name: str = "ddp_smoke"
                "every node's workers started")
 
 
+def test_detach_refuses_a_port_the_firewall_does_not_open(lab, make_inventory, python, cli):
+    done = cli("train", "--detach", "-i", make_inventory(), "--python", python, SMOKE,
+               timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert 'add "29501" to firewall_extra_ports' in done.stderr and not done.stdout
+    for host in training_hosts(lab):
+        assert lab.sh(host, "ls /root/.provision/runs 2>/dev/null", check=False).stdout == ""
+
+
 def test_a_detached_run_outlives_its_controller_and_is_recorded_on_the_nodes(
         lab, make_inventory, python, cli):
     inventory = make_inventory(vars=PORTS)

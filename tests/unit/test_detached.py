@@ -237,3 +237,25 @@ def test_a_node_adds_its_own_exit_code_to_what_the_master_saw_of_it():
     cause = view.root_cause
     assert cause.host == "n1" and cause.lost.startswith("no heartbeat")
     assert cause.exit_code == 1 and cause.survivors == 0
+
+
+# -- the commands, against a host that does not answer -----------------------------------------
+
+@pytest.fixture
+def unreachable_inventory(tmp_path, isolated_home):
+    path = tmp_path / "inventory.yaml"
+    path.write_text("all:\n  hosts:\n    gone: {ansible_host: 127.0.0.1, ansible_port: 9}\n")
+    return path
+
+
+@pytest.mark.parametrize("args", [["runs"], ["logs", "r1"], ["stop", "r1"], ["attach", "r1"]])
+def test_an_unreachable_host_is_named_without_a_traceback(unreachable_inventory, args):
+    from click.testing import CliRunner
+
+    from provision.cli import main
+    result = CliRunner().invoke(main, [*args, "-i", str(unreachable_inventory),
+                                       "--connect-timeout", "2"])
+    assert "unreachable: gone: cannot connect to 127.0.0.1:9" in result.output
+    assert "Traceback" not in result.output
+    assert result.exit_code == (4 if args == ["runs"] else 2), result.output
+
