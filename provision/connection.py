@@ -3,12 +3,15 @@
 Commands are argv lists (quoted with shlex.join) or POSIX sh scripts (run as `sh -c SCRIPT`, so
 the remote login shell never parses them). Every command is one exec channel on the one
 connection; callers batch work into few commands because each channel costs a remote shell.
+Every command runs supervised (provision.supervision): its processes are stopped on the host
+when its channel closes, whether the controller closed it, died or lost the connection.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import secrets
 import select
 import shlex
 import socket
@@ -21,13 +24,16 @@ from typing import Callable
 import fabric
 import paramiko
 
-from provision.errors import HostKeyMismatch, HostUnreachable
+from provision import keepalive
+from provision.errors import HostKeyMismatch, HostUnreachable, ProvisionError, SudoRefused
 from provision.inventory import Host
+from provision.supervision import COMMAND_ID_VAR, marked_job, supervised_script
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_COMMAND_TIMEOUT = 1800.0
 SUDO_PASSWORD_ENV = "PROVISION_SUDO_PASSWORD"
 EOF_GRACE = 2.0  # seconds to wait for output still in flight after the exit status
+STOP_GRACE = 3.0  # seconds between TERM and KILL for a command whose channel closed
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,8 @@ class ConnectOptions:
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
     sudo_password: str | None = None
+    keepalive_interval: float = keepalive.DEFAULT_INTERVAL
+    keepalive_count_max: int = keepalive.DEFAULT_COUNT_MAX
 
     def for_host(self, host: Host) -> "ConnectOptions":
         """Per-host overrides from inventory vars."""
@@ -47,7 +55,9 @@ class ConnectOptions:
             host_key_policy=self.host_key_policy,
             connect_timeout=float(v.get("ssh_connect_timeout", self.connect_timeout)),
             command_timeout=float(v.get("command_timeout", self.command_timeout)),
-            sudo_password=self.sudo_password)
+            sudo_password=self.sudo_password,
+            keepalive_interval=float(v.get("ssh_keepalive_interval", self.keepalive_interval)),
+            keepalive_count_max=int(v.get("ssh_keepalive_count_max", self.keepalive_count_max)))
 
 
 @dataclass(frozen=True)
@@ -57,6 +67,7 @@ class CommandResult:
     stdout: str
     stderr: str
     timed_out: bool = False
+    running: bool = False   # left running once it printed what RemoteProcess.wait waited for
 
     @property
     def ok(self) -> bool:
@@ -73,20 +84,26 @@ def known_host_name(address: str, port: int) -> str:
     return address if port == 22 else f"[{address}]:{port}"
 
 
+def _who(name: str, hostname: str) -> str:
+    """The inventory name first (what the user knows the host by), then the address."""
+    return hostname if name == hostname else f"{name} ({hostname})"
+
+
 class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
     """Records unknown host keys (or refuses them when strict); appends under a file lock so
     many hosts connecting in parallel, even from several processes, never lose a line."""
 
-    def __init__(self, path: Path, strict: bool):
+    def __init__(self, path: Path, strict: bool, name: str):
         self.path = path
         self.strict = strict
+        self.name = name      # the inventory name the key is checked for
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str,
                          key: paramiko.PKey) -> None:
         if self.strict:
             raise HostKeyMismatch(
-                f"{hostname}: host key {key.get_name()} {key.fingerprint} is not in "
-                f"{self.path} and --host-key-policy is strict; verify it and add it "
+                f"{_who(self.name, hostname)}: host key {key.get_name()} {key.fingerprint} "
+                f"is not in {self.path} and --host-key-policy is strict; verify it and add it "
                 f"(ssh-keyscan) or use --host-key-policy accept-new")
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(self.path, "a+") as handle:
@@ -101,17 +118,17 @@ class _TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
             known = recorded.lookup(hostname) or {}
             old = known.get(key.get_name())
             if old is not None and old != key:
-                raise _changed_key(hostname, old, key, self.path)
+                raise _changed_key(self.name, hostname, old, key, self.path)
             if old is None:
                 handle.seek(0, os.SEEK_END)
                 handle.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
         client.get_host_keys().add(hostname, key.get_name(), key)
 
 
-def _changed_key(hostname: str, old: paramiko.PKey, new: paramiko.PKey,
+def _changed_key(name: str, hostname: str, old: paramiko.PKey, new: paramiko.PKey,
                  path: Path) -> HostKeyMismatch:
     return HostKeyMismatch(
-        f"{hostname}: HOST KEY CHANGED, refusing to connect. Recorded {old.get_name()} "
+        f"{_who(name, hostname)}: HOST KEY CHANGED, refusing to connect. Recorded {old.get_name()} "
         f"{old.fingerprint}, offered {new.get_name()} {new.fingerprint}. If the host was "
         f"reinstalled, remove the old key with: ssh-keygen -f {shlex.quote(str(path))} "
         f"-R {shlex.quote(hostname)}")
@@ -133,10 +150,16 @@ class HostConnection:
         self._conn: fabric.Connection | None = None
         self._lock = threading.Lock()
         self._sudo_mode: str | None = None  # "root", "nopasswd" or "password"
+        self._keepalive: keepalive.Keepalive | None = None
+        # Why the connection ended for good (keepalives unanswered, the run interrupted):
+        # every later use raises it, and commands cut short by it report it.
+        self._lost: ProvisionError | None = None
 
     # -- connecting -------------------------------------------------------------------------
     def open(self) -> paramiko.Transport:
         with self._lock:
+            if self._lost is not None:
+                raise self._lost
             if self._conn is not None and self._conn.is_connected:
                 return self._conn.transport
             h = self.host
@@ -151,13 +174,14 @@ class HostConnection:
             # A ProxyJump gateway is a Connection of its own: its key is checked the same way.
             hop = conn
             while isinstance(hop, fabric.Connection):
-                self._check_host_keys(hop.client)
+                self._check_host_keys(hop.client, h.name if hop is conn
+                                      else f"{h.name}'s jump host")
                 hop = hop.gateway
             try:
                 conn.open()
             except paramiko.BadHostKeyException as exc:
-                raise _changed_key(known_host_name(conn.host, conn.port), exc.expected_key,
-                                   exc.key, known) from None
+                raise _changed_key(h.name, exc.hostname, exc.expected_key, exc.key,
+                                   known) from None
             except HostKeyMismatch:
                 raise
             except paramiko.AuthenticationException as exc:
@@ -173,11 +197,36 @@ class HostConnection:
                 reason = str(exc) or type(exc).__name__
                 raise HostUnreachable(
                     f"{h.name}: cannot connect to {conn.host}:{conn.port}: {reason}") from None
-            conn.transport.set_keepalive(15)
+            if self._lost is not None:      # aborted while connecting
+                conn.close()
+                raise self._lost
+            self._keepalive = keepalive.Keepalive(
+                conn.transport, self.options.keepalive_interval,
+                self.options.keepalive_count_max, self._keepalives_unanswered)
+            self._keepalive.start(h.name)
             self._conn = conn
             return conn.transport
 
-    def _check_host_keys(self, client: paramiko.SSHClient) -> None:
+    def _keepalives_unanswered(self, silent: float) -> None:
+        self.abort(HostUnreachable(
+            f"{self.host.name}: connection lost: no reply to SSH keepalives for {silent:.0f} s "
+            f"(ssh_keepalive_interval {self.options.keepalive_interval:g} s, "
+            f"ssh_keepalive_count_max {self.options.keepalive_count_max})"))
+
+    def abort(self, error: ProvisionError) -> None:
+        """End the connection for good, from any thread and without waiting for the lock:
+        commands running on it end (and are stopped on the host), later uses raise `error`."""
+        self._lost = error
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            conn.transport.close()
+
+    def lost(self) -> ProvisionError:
+        """What a command whose connection died reports."""
+        return self._lost or HostUnreachable(
+            f"{self.host.name}: connection lost while running a command")
+
+    def _check_host_keys(self, client: paramiko.SSHClient, name: str) -> None:
         known = self.options.known_hosts
         if known.exists():
             try:
@@ -186,10 +235,13 @@ class HostConnection:
                 raise HostUnreachable(f"{self.host.name}: cannot read {known}: {exc}") from None
         client._host_keys_filename = None  # never let paramiko rewrite the whole file
         client.set_missing_host_key_policy(
-            _TrustOnFirstUse(known, self.options.host_key_policy == "strict"))
+            _TrustOnFirstUse(known, self.options.host_key_policy == "strict", name))
 
     def close(self) -> None:
         with self._lock:
+            if self._keepalive is not None:
+                self._keepalive.stop()
+                self._keepalive = None
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -197,9 +249,16 @@ class HostConnection:
     # -- running ----------------------------------------------------------------------------
     def start(self, command: str | list[str], *, sudo: bool = False,
               stdin: bytes | None = None, hold_stdin: bool = False) -> "RemoteProcess":
-        """Start a command; the caller reads it with RemoteProcess.wait. With `hold_stdin` the
-        command's stdin stays open until the channel closes (a liveness signal to it)."""
+        """Start a command; the caller reads it with RemoteProcess.wait. The channel's stdin
+        stays open until the channel closes: a supervised command (the default) reads `stdin`
+        and then EOF, and is stopped when the channel closes. With `hold_stdin` the command
+        runs as it is, reads the held-open stdin itself and must watch it for EOF."""
         exec_line = as_command(command)
+        if not hold_stdin:
+            marker = f"{COMMAND_ID_VAR}={secrets.token_hex(8)}"
+            text = shlex.join(command) if isinstance(command, list) else command
+            exec_line = as_command(supervised_script(marked_job(marker, text), marker,
+                                                     STOP_GRACE, len(stdin or b"")))
         if sudo:
             exec_line, stdin = self._with_sudo(exec_line, stdin)
         transport = self.open()
@@ -208,14 +267,13 @@ class HostConnection:
             channel.exec_command(exec_line)
             if stdin:
                 channel.sendall(stdin)
-            if not hold_stdin:
-                channel.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException) as exc:
+            if self._lost is not None:
+                raise self._lost from None
             self.close()
             raise HostUnreachable(f"{self.host.name}: connection lost: {exc or 'closed'}") \
                 from None
-        return RemoteProcess(self.host.name, exec_line if not sudo else as_command(command),
-                             channel)
+        return RemoteProcess(self.host.name, as_command(command), channel, self.lost)
 
     def run(self, command: str | list[str], *, sudo: bool = False, stdin: bytes | None = None,
             timeout: float | None = None,
@@ -235,9 +293,7 @@ class HostConnection:
 
     def _with_sudo(self, exec_line: str, stdin: bytes | None) -> tuple[str, bytes | None]:
         if self._sudo_mode is None:
-            probe = self.run("[ \"$(id -u)\" = 0 ] && echo root || "
-                             "(sudo -n true 2>/dev/null && echo nopasswd || echo password)")
-            self._sudo_mode = probe.stdout.strip() or "password"
+            self._sudo_mode = self._probe_sudo()
         if self._sudo_mode == "root":
             return exec_line, stdin
         if self._sudo_mode == "nopasswd":
@@ -246,10 +302,25 @@ class HostConnection:
             raise HostUnreachable(
                 f"{self.host.name}: sudo needs a password for user {self.host.user!r}: set "
                 f"{SUDO_PASSWORD_ENV} or pass --ask-become-pass")
+        if self._sudo_mode != "password":
+            raise SudoRefused(f"{self.host.name}: sudo refused the password for user "
+                              f"{self.host.user!r} ({SUDO_PASSWORD_ENV} or --ask-become-pass)")
         # -k: never reuse a cached ticket, so sudo always reads exactly one password line
         # from stdin and the rest of stdin reaches the command untouched.
         line = shlex.join(["sudo", "-k", "-S", "-p", "", "--", "sh", "-c", exec_line])
         return line, self.options.sudo_password.encode() + b"\n" + (stdin or b"")
+
+    def _probe_sudo(self) -> str:
+        """"root", "nopasswd", "password" (accepted) or "refused". The password is tried here,
+        with stdin closed after it: a command's stdin stays open, so a sudo that refused the
+        password would wait there for another try, forever."""
+        password = self.options.sudo_password
+        probe = self.start(
+            '[ "$(id -u)" = 0 ] && echo root || { sudo -n true 2>/dev/null && echo nopasswd || '
+            '{ sudo -k -S -p "" true 2>/dev/null && echo password || echo refused; }; }',
+            stdin=None if password is None else password.encode() + b"\n", hold_stdin=True)
+        probe.channel.shutdown_write()
+        return probe.wait(self.options.connect_timeout + 30).stdout.strip() or "refused"
 
 
 def _alive(transport: paramiko.Transport | None) -> bool:
@@ -265,13 +336,18 @@ def _alive(transport: paramiko.Transport | None) -> bool:
 class RemoteProcess:
     """A running remote command: collects (or streams) its output until it exits."""
 
-    def __init__(self, host: str, command: str, channel: paramiko.Channel):
+    def __init__(self, host: str, command: str, channel: paramiko.Channel,
+                 lost: Callable[[], ProvisionError]):
         self.host = host
         self.command = command
         self.channel = channel
+        self.lost = lost          # the error to raise when the connection died under it
 
-    def wait(self, timeout: float,
-             on_line: Callable[[str, str], None] | None = None) -> CommandResult:
+    def wait(self, timeout: float, on_line: Callable[[str, str], None] | None = None,
+             until: str | None = None) -> CommandResult:
+        """The command's result once it exits. With `until`, the result as soon as stdout has
+        a line `UNTIL CODE`: the output before it and that exit code, the command left
+        running (its channel open) for the caller."""
         out, err = bytearray(), bytearray()
         pending = {"stdout": bytearray(), "stderr": bytearray()}
         deadline = time.monotonic() + timeout
@@ -289,11 +365,16 @@ class RemoteProcess:
                 on_line(stream, line.decode(errors="replace"))
             pending[stream] = bytearray(rest)
 
+        fence = until.encode() + b" " if until is not None else None
         while True:
             while chan.recv_ready():
                 feed("stdout", chan.recv(65536), out)
             while chan.recv_stderr_ready():
                 feed("stderr", chan.recv_stderr(65536), err)
+            if fence is not None and (at := out.find(fence)) >= 0 and b"\n" in out[at:]:
+                code = int(out[at + len(fence):out.index(b"\n", at)])
+                return CommandResult(self.command, code, out[:at].decode(errors="replace"),
+                                     err.decode(errors="replace"), running=True)
             if chan.exit_status_ready() and not chan.recv_ready() \
                     and not chan.recv_stderr_ready():
                 # sshd may report the exit status before the last output: wait for its EOF,
@@ -305,7 +386,7 @@ class RemoteProcess:
                     break
             transport = chan.get_transport()
             if transport is None or not transport.is_active():
-                raise HostUnreachable(f"{self.host}: connection lost while running a command")
+                raise self.lost()
             left = deadline - time.monotonic()
             if left <= 0:
                 chan.close()
@@ -322,7 +403,7 @@ class RemoteProcess:
             # Closed without an exit status: either the command died of a signal or the
             # connection itself died; only a fresh channel tells the two apart.
             if not _alive(chan.get_transport()):
-                raise HostUnreachable(f"{self.host}: connection lost while running a command")
+                raise self.lost()
             code = 255
         return CommandResult(self.command, code, out.decode(errors="replace"),
                              err.decode(errors="replace"))

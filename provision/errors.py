@@ -27,6 +27,14 @@ class HostKeyMismatch(HostUnreachable):
     """A host presented a key different from the one recorded for it."""
 
 
+class SudoRefused(ProvisionError):
+    """sudo on a host refused the password it was given."""
+
+
+class Interrupted(ProvisionError):
+    """The run was interrupted (Ctrl-C, SIGTERM) before this host's work was done."""
+
+
 class LabError(ProvisionError):
     """The local lab cluster cannot be brought up, inspected or torn down."""
 

@@ -8,13 +8,17 @@ but fact gathering runs.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
+import threading
+import traceback
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from provision.connection import CommandResult, ConnectOptions, HostConnection
-from provision.errors import HostUnreachable
+from provision.connection import CommandResult, ConnectOptions, HostConnection, RemoteProcess
+from provision.errors import HostUnreachable, Interrupted, ProvisionError
 from provision.facts.base import Fact, batch_script, split_batch_output
+from provision.host_lock import (BUSY, EXIT_BUSY, HostLocked, LockRequest, holder_named,
+                                 locked_script)
 from provision.inventory import Host, Inventory
 from provision.operations import Change, Failure, HostContext, NoChange, Skip
 from provision.plan import HostResult, Status, TaskResult
@@ -41,26 +45,58 @@ class HostSession:
     """A host's connection, what this run learned and did on it, and the round-trip count the
     benchmarks report. Cross-host checks read `facts` and `tasks` instead of asking again."""
 
-    def __init__(self, connection: HostConnection):
+    def __init__(self, connection: HostConnection, lock: LockRequest | None = None):
         self.connection = connection
         self.round_trips = 0
         self.facts: dict[Fact, Any] = {}          # the latest value of every fact gathered
         self.tasks: list[TaskResult] = []         # this run's task results on the host
+        self.current: tuple[str, str] | None = None   # (role, task) being worked on, if any
+        self.lock = lock                          # the host lock this run must hold first
+        # The command holding the lock, kept referenced: paramiko closes a collected channel.
+        self._lock_holder: RemoteProcess | None = None
 
     def changed(self, role: str) -> bool:
         return any(t.role == role and t.status is Status.CHANGED for t in self.tasks)
 
     def run(self, command, **kwargs) -> CommandResult:
+        if self.lock is not None and self._lock_holder is None:
+            self._locked("")
         self.round_trips += 1
         return self.connection.run(command, sudo=self.connection.host.become, **kwargs)
+
+    def _locked(self, facts_script: str) -> CommandResult:
+        """Take the host lock and run `facts_script`, in one round trip (provision.host_lock)."""
+        host, lock = self.connection.host, self.lock
+        fence = "@@PROVISION-LOCKED"
+
+        def on_line(stream: str, line: str) -> None:
+            if stream == "stderr" and line.startswith(BUSY) and lock.wait:
+                lock.notice(host.name, f"waiting for the run lock, held by "
+                                       f"{holder_named(line)}")
+
+        self.round_trips += 1
+        process = self.connection.start(locked_script(facts_script, fence, lock),
+                                        sudo=host.become)
+        result = process.wait(self.connection.options.command_timeout, on_line, until=fence)
+        if not result.running:
+            if result.exit_code == EXIT_BUSY and BUSY in result.stderr:
+                raise HostLocked(f"{host.name}: another run holds the host's lock "
+                                 f"({holder_named(result.stderr)}); not waiting (--no-wait)")
+            raise ProvisionError(f"{host.name}: cannot take the run lock "
+                                 f"({result.describe_failure()})")
+        self._lock_holder = process
+        return result
 
     def gather(self, facts: list[Fact]) -> dict[Fact, Any]:
         """Every fact in one round trip. A parser that rejects its output raises ValueError."""
         unique = list(dict.fromkeys(facts))
-        if not unique:
+        if not unique and (self.lock is None or self._lock_holder is not None):
             return {}
         script, marker = batch_script(unique)
-        result = self.run(script)
+        result = self._locked(script) if self.lock is not None and self._lock_holder is None \
+            else self.run(script)
+        if not unique:
+            return {}
         if marker not in result.stdout:
             # Not even the first fact ran: sudo or the shell itself refused.
             raise ValueError(f"the fact script did not run ({result.describe_failure()})")
@@ -112,6 +148,7 @@ def run_roles(session: HostSession, inventory: Inventory, roles: list[Role],
     changed: set[tuple[str, str]] = set()
     failed_roles: set[str] = set()
     for index, (role, task, args, ctx) in enumerate(bound):
+        session.current = (role.name, task.name)
         if role.name in failed_roles:
             report(TaskResult(host.name, role.name, task.name, Status.SKIPPED,
                               "an earlier task of this role failed"))
@@ -178,43 +215,102 @@ def run_cluster_checks(sessions: dict[str, HostSession], results: dict[str, Host
                 continue
             try:
                 check_results = CLUSTER_CHECKS[check](healthy, inventory, role, options.check)
-            except HostUnreachable as exc:
-                check_results = [TaskResult(name, role.name, check, Status.FAILED, str(exc))
-                                 for name in healthy]
+            except Interrupted:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a check's error is its hosts' failure
+                check_results = [failed(name, role.name, check, exc) for name in healthy]
             for result in check_results:
                 results[result.host].tasks.append(result)
                 listener(result)
 
 
+def failed(host: str, role: str, task: str, exc: Exception) -> TaskResult:
+    """The FAILED result of a task that raised: a ProvisionError says what went wrong; any
+    other exception is a bug, reported with its traceback (in --json, and with -v)."""
+    if isinstance(exc, ProvisionError):
+        return TaskResult(host, role, task, Status.FAILED, str(exc))
+    kind = type(exc).__qualname__ if type(exc).__module__ == "builtins" else \
+        f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return TaskResult(host, role, task, Status.FAILED, f"unexpected error: {kind}: {exc}",
+                      traceback="".join(traceback.format_exception(exc)))
+
+
+STOP_POLL_S = 0.2   # how often the waiting main thread looks for a stop request
+
+
 def run_on_hosts(hosts: list[Host], options: ConnectOptions, forks: int,
                  work: Callable[[HostSession, list[TaskResult]], None],
                  after_all: Callable[[dict[str, HostSession], dict[str, HostResult]], None]
-                 | None = None) -> list[HostResult]:
+                 | None = None, stop: threading.Event | None = None,
+                 lock: LockRequest | None = None,
+                 listener: Listener | None = None) -> list[HostResult]:
     """Run `work` on every host in parallel (at most `forks` at once), one connection each,
     then `after_all` over the connections still open (cross-host checks), then close them.
+    With `lock`, each host's lock is held from the first round trip to the end. `listener`
+    hears of the failures this function itself records.
 
-    A host that cannot be reached, or whose connection dies, is UNREACHABLE; the others finish.
+    A host that cannot be reached, or whose connection dies, is UNREACHABLE; a host whose work
+    raised anything else is FAILED; the others finish either way. Once `stop` is set (Ctrl-C),
+    no task starts, every connection is closed (which stops its commands on the host) and the
+    hosts not done are INTERRUPTED.
     """
-    sessions = {h.name: HostSession(HostConnection(h, options)) for h in hosts}
+    sessions = {h.name: HostSession(HostConnection(h, options), lock) for h in hosts}
     results = {h.name: HostResult(h.name) for h in hosts}
     for name, session in sessions.items():
         session.tasks = results[name].tasks
 
+    def report(result: TaskResult) -> None:
+        results[result.host].tasks.append(result)
+        if listener is not None:
+            listener(result)
+
     def one(host: Host) -> None:
+        session, result = sessions[host.name], results[host.name]
+        if stop is not None and stop.is_set():
+            result.interrupted = "before it started"
+            return
         try:
-            work(sessions[host.name], results[host.name].tasks)
+            work(session, result.tasks)
+        except Interrupted:
+            result.interrupted = (f"during [{session.current[0]}] {session.current[1]}"
+                                  if session.current else "before its first task")
         except HostUnreachable as exc:
-            results[host.name].unreachable = str(exc)
+            result.unreachable = str(exc)
+        except Exception as exc:  # noqa: BLE001 - one host's error must not stop the others
+            report(failed(host.name, *(session.current or ("provision", "run")), exc))
+
+    def checks() -> None:
+        reachable = {n: s for n, s in sessions.items()
+                     if not results[n].unreachable and not results[n].interrupted}
+        try:
+            if stop is not None and stop.is_set():
+                raise Interrupted("interrupted")
+            after_all(reachable, results)
+        except Interrupted:
+            for name in reachable:
+                results[name].interrupted = "before the cross-host checks were done"
+        except Exception as exc:  # noqa: BLE001
+            for name in reachable:
+                report(failed(name, "provision", "cross-host checks", exc))
 
     try:
-        if hosts:
-            with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts)))) as pool:
-                list(pool.map(one, hosts))
-        if after_all is not None:
-            reachable = {n: s for n, s in sessions.items() if not results[n].unreachable}
-            after_all(reachable, results)
+        with ThreadPoolExecutor(max_workers=max(1, min(forks, len(hosts) or 1))) as pool:
+            _until_done([pool.submit(one, h) for h in hosts], stop, sessions)
+            if after_all is not None:
+                _until_done([pool.submit(checks)], stop, sessions)
     finally:
         for name, session in sessions.items():
             session.connection.close()
             results[name].round_trips = session.round_trips
     return list(results.values())
+
+
+def _until_done(futures: list, stop: threading.Event | None,
+                sessions: dict[str, HostSession]) -> None:
+    """Wait for `futures`; on a stop request, end every connection so that they end soon."""
+    aborted = False
+    while wait(futures, timeout=None if stop is None else STOP_POLL_S).not_done:
+        if stop is not None and stop.is_set() and not aborted:
+            for session in sessions.values():
+                session.connection.abort(Interrupted("interrupted"))
+            aborted = True

@@ -124,6 +124,11 @@ CORE_SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("ssh_known_hosts", "path", "known_hosts file used and updated by provision"),
     Setting("ssh_connect_timeout", "float", "seconds to wait for an SSH connection", min=0.1),
     Setting("command_timeout", "float", "seconds a remote command may run", min=0.1),
+    Setting("ssh_keepalive_interval", "float",
+            "seconds between SSH keepalives that expect a reply (like ServerAliveInterval)",
+            min=0.1),
+    Setting("ssh_keepalive_count_max", "int", "keepalives without a reply after which the "
+            "connection is lost (like ServerAliveCountMax)", min=1),
     Setting("gpus", "int", "GPUs the host must have (0: CPU-only host)", min=0),
     Setting("rendezvous_port", "port", "torch rendezvous port on the master node"),
     Setting("master", "name", "inventory name of the rendezvous master node"),

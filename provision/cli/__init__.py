@@ -1,7 +1,7 @@
 """The `provision` command line: the only place that prints or exits.
 
 Exit codes: 0 all hosts ok; 2 usage or inventory error; 3 some host failed; 4 some host
-unreachable (and none failed).
+unreachable (and none failed); 130 interrupted (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from provision import __version__
+from provision.cli.interrupt import stop_on_signals
 from provision.cli.output import (emit, host_output, readiness, readiness_exit_code,
                                   readiness_table, recap, task_line)
 from provision.connection import SUDO_PASSWORD_ENV, ConnectOptions
@@ -99,13 +100,15 @@ def finish(inventory: Inventory, results: list[HostResult], as_json: bool) -> No
                                "exit_code": exit_code(results)}, indent=2))
     else:
         recap(results)
-    failed = [r.host for r in results if r.status in (Status.FAILED, Status.UNREACHABLE)]
+    failed = [r.host for r in results
+              if r.status in (Status.FAILED, Status.UNREACHABLE, Status.INTERRUPTED)]
     retry = retry_path(inventory)
     try:
         if failed:
             retry.write_text("\n".join(failed) + "\n")
             if not as_json:
-                emit(f"retry the {len(failed)} failed host(s) with: --limit @{retry}")
+                emit(f"retry the {len(failed)} failed or interrupted host(s) with: "
+                     f"--limit @{retry}")
         else:
             retry.unlink(missing_ok=True)
     except OSError as exc:
@@ -168,10 +171,8 @@ def exec_cmd(inventory: str, command: tuple[str, ...], limit, forks, sudo, timeo
                                   "exit code 0" if result.ok else result.describe_failure(1),
                                   output=result.stdout + result.stderr))
 
-    try:
-        results = run_on_hosts(hosts, options, forks, work)
-    except ProvisionError as exc:
-        fail(str(exc))
+    with stop_on_signals() as stop:
+        results = run_on_hosts(hosts, options, forks, work, stop=stop)
     if not as_json:
         for r in results:
             for t in r.tasks:
@@ -200,7 +201,10 @@ def role_options(command):
 
 
 def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: bool,
-              listener) -> tuple[Inventory, list[HostResult]]:
+              listener, wait_for_lock: bool | None = None) -> tuple[Inventory, list[HostResult]]:
+    """Run the roles. With `wait_for_lock` (True: wait, False: fail), each host's run lock is
+    held throughout."""
+    from provision.host_lock import LockRequest
     from provision.roles import ROLES_DIR, load_role
     from provision.runner import RunOptions, run_cluster_checks, run_roles
     from provision.setup import SETUP_ORDER, known_settings, role_names as available
@@ -217,11 +221,15 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
     options = connect_options(ssh, hosts)
     run_options = RunOptions(check=check, forks=forks,
                              tags=frozenset(t.strip() for t in (tags or "").split(",") if t.strip()))
-    results = run_on_hosts(
-        hosts, options, forks,
-        lambda session, out: run_roles(session, inv, roles, run_options, listener, out),
-        lambda sessions, by_host: run_cluster_checks(sessions, by_host, inv, roles, run_options,
-                                                     listener))
+    lock = None if wait_for_lock is None else LockRequest.for_this_run(
+        wait_for_lock, lambda host, message: emit(f"{host}: {message}", err=True))
+    with stop_on_signals() as stop:
+        results = run_on_hosts(
+            hosts, options, forks,
+            lambda session, out: run_roles(session, inv, roles, run_options, listener, out),
+            lambda sessions, by_host: run_cluster_checks(sessions, by_host, inv, roles,
+                                                         run_options, listener),
+            stop=stop, lock=lock, listener=listener)
     return inv, results
 
 
@@ -231,16 +239,24 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
 @click.option("--check", is_flag=True, help="Show what would change; change nothing.")
 @click.option("--diff", is_flag=True, help="Show the changes to files.")
 @role_options
-@click.option("--verbose", "-v", is_flag=True, help="Also print skipped tasks.")
+@click.option("--verbose", "-v", is_flag=True,
+              help="Also print skipped tasks, and where an unexpected error was raised.")
+@click.option("--no-wait", is_flag=True,
+              help="Fail a host at once (exit 3) when another run holds its lock, instead of "
+                   "waiting for that run to end.")
 def setup_cmd(inventory, limit, forks, check, diff, tags, role_names, roles_dir, as_json,
-              verbose, **kwargs) -> None:
-    """Make every host ready for training (idempotent; --check changes nothing)."""
+              verbose, no_wait, **kwargs) -> None:
+    """Make every host ready for training (idempotent; --check changes nothing).
+
+    A run holds a lock on each host (not with --check), so two runs, even from two
+    controllers, never change a host at once: the second waits, naming the first."""
     def listener(result: TaskResult) -> None:
         if not as_json and (verbose or result.status is not Status.SKIPPED):
-            task_line(result, check, diff)
+            task_line(result, check, diff, verbose)
 
     inv, results = run_setup(inventory, limit, forks, tags, role_names, roles_dir,
-                             ssh_settings(kwargs), check, listener)
+                             ssh_settings(kwargs), check, listener,
+                             wait_for_lock=None if check else not no_wait)
     finish(inv, results, as_json)
 
 
@@ -254,7 +270,7 @@ def check_cmd(inventory, limit, forks, tags, role_names, roles_dir, as_json, ver
     """Verify every host is ready (changes nothing): a host x role table; exit 3 if not."""
     def listener(result: TaskResult) -> None:
         if verbose and not as_json:
-            task_line(result, True, False)
+            task_line(result, True, False, verbose)
 
     inv, results = run_setup(inventory, limit, forks, tags, role_names, roles_dir,
                              ssh_settings(kwargs), True, listener)

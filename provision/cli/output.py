@@ -6,10 +6,10 @@ import threading
 
 import click
 
-from provision.plan import HostResult, Status, TaskResult
+from provision.plan import EXIT_INTERRUPTED, HostResult, Status, TaskResult
 
 COLOURS = {Status.OK: "green", Status.CHANGED: "yellow", Status.FAILED: "red",
-           Status.SKIPPED: "cyan", Status.UNREACHABLE: "magenta"}
+           Status.SKIPPED: "cyan", Status.UNREACHABLE: "magenta", Status.INTERRUPTED: "yellow"}
 _LOCK = threading.Lock()
 
 
@@ -26,7 +26,7 @@ def status_word(status: Status, check: bool = False) -> str:
     return click.style(word, fg=COLOURS[status], bold=status is Status.FAILED)
 
 
-def task_line(result: TaskResult, check: bool, show_diff: bool) -> None:
+def task_line(result: TaskResult, check: bool, show_diff: bool, verbose: bool = False) -> None:
     emit(f"{status_word(result.status, check)} {result.host} [{result.role}] {result.task}: "
          f"{result.message}")
     if show_diff and result.diff:
@@ -34,6 +34,9 @@ def task_line(result: TaskResult, check: bool, show_diff: bool) -> None:
     if result.status is Status.FAILED and result.output:
         for line in result.output.strip().splitlines()[-10:]:
             emit(f"    {result.host} | {line}")
+    if verbose and result.traceback:
+        for line in result.traceback.rstrip().splitlines():
+            emit(f"    {result.host} | {line}", err=True)
 
 
 def host_output(host: str, width: int):
@@ -59,6 +62,8 @@ def recap(results: list[HostResult]) -> None:
     for r in results:
         if r.unreachable:
             emit(click.style(f"UNREACHABLE {r.unreachable}", fg="magenta"), err=True)
+        elif r.interrupted:
+            emit(click.style(f"INTERRUPTED {r.host}: {r.interrupted}", fg="yellow"), err=True)
 
 
 def readiness(results: list[HostResult]) -> dict[str, dict[str, str]]:
@@ -68,6 +73,9 @@ def readiness(results: list[HostResult]) -> dict[str, dict[str, str]]:
         row = table.setdefault(r.host, {})
         if r.unreachable:
             row["ssh"] = f"UNREACHABLE: {r.unreachable}"
+            continue
+        if r.interrupted:
+            row["run"] = f"INTERRUPTED: {r.interrupted}"
             continue
         for role in dict.fromkeys(t.role for t in r.tasks):
             tasks = [t for t in r.tasks if t.role == role]
@@ -85,7 +93,10 @@ def readiness(results: list[HostResult]) -> dict[str, dict[str, str]]:
 
 
 def readiness_exit_code(results: list[HostResult]) -> int:
-    """0 when every host is ready, 4 if any is unreachable, else 3."""
+    """0 when every host is ready, 130 if the run was interrupted, 4 if any host is unreachable,
+    else 3."""
+    if any(r.interrupted for r in results):
+        return EXIT_INTERRUPTED
     if any(r.unreachable for r in results):
         return 4
     if any(t.status in (Status.FAILED, Status.CHANGED) for r in results for t in r.tasks):
@@ -100,7 +111,7 @@ def readiness_table(table: dict[str, dict[str, str]]) -> None:
              for h, row in table.items()}
     widths = {role: max([len(role)] + [len(c[role]) for c in cells.values()]) for role in roles}
     colour = {"ready": "green", "skipped": "cyan", "FAILED": "red", "not set up": "yellow",
-              "UNREACHABLE": "magenta"}
+              "UNREACHABLE": "magenta", "INTERRUPTED": "yellow"}
     emit("HOST".ljust(width) + "  " + "  ".join(r.ljust(widths[r]) for r in roles))
     for host, row in cells.items():
         emit(host.ljust(width) + "  " + "  ".join(

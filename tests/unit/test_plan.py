@@ -31,7 +31,7 @@ def test_unreachable_wins_over_everything():
 
 def test_counts():
     result = host("h", Status.OK, Status.OK, Status.CHANGED, Status.SKIPPED)
-    assert [result.count(s) for s in Status] == [2, 1, 0, 1, 0]
+    assert [result.count(s) for s in Status] == [2, 1, 0, 1, 0, 0]
     assert host("u", unreachable="timed out").count(Status.UNREACHABLE) == 1
 
 
@@ -41,8 +41,10 @@ def test_as_dict():
     result.tasks[0] = TaskResult("h", "ntp", "conf", Status.CHANGED, "update", diff="+x",
                                  output=None)
     assert result.as_dict() == {
-        "host": "h", "status": "changed", "unreachable": None, "round_trips": 3,
-        "counts": {"ok": 0, "changed": 1, "failed": 0, "skipped": 0, "unreachable": 0},
+        "host": "h", "status": "changed", "unreachable": None, "interrupted": None,
+        "round_trips": 3,
+        "counts": {"ok": 0, "changed": 1, "failed": 0, "skipped": 0, "unreachable": 0,
+                   "interrupted": 0},
         "tasks": [{"role": "ntp", "task": "conf", "status": "changed", "message": "update",
                    "diff": "+x", "output": None}],
     }
