@@ -19,7 +19,9 @@ from typing import Callable
 
 from provision.errors import ProvisionError
 
-LOCK_FILE = "/tmp/provision.lock"
+# Root-owned /run/lock where the user may write there (root, or a become run): a lock in /tmp
+# could be a file (or symlink) another user made; /tmp for a user who cannot.
+LOCK_DIR, FALLBACK_LOCK_FILE = "/run/lock", "/tmp/provision.lock"
 BUSY = "provision-lock-busy"      # stderr line prefix: the lock is held, by the rest of the line
 EXIT_BUSY = 75                    # the lock is held and the run does not wait
 
@@ -41,13 +43,21 @@ class LockRequest:
                    wait, notice)
 
 
-def locked_script(facts: str, fence: str, request: LockRequest, lock_file: str = LOCK_FILE) -> str:
+def locked_script(facts: str, fence: str, request: LockRequest,
+                  lock_file: str | None = None) -> str:
     """sh: take the lock (waiting for it, or exiting EXIT_BUSY), record the holder, run the
-    `facts` script, print `FENCE CODE`, then hold the lock until stopped."""
-    path = shlex.quote(lock_file)
+    `facts` script, print `FENCE CODE`, then hold the lock until stopped. `lock_file`: where
+    (default: in /run/lock, or /tmp where the user cannot write to /run/lock)."""
+    if lock_file is None:
+        choose = (f"mkdir -p {LOCK_DIR} 2>/dev/null; _provision_lock={LOCK_DIR}/provision.lock\n"
+                  f"[ -w {LOCK_DIR} ] || _provision_lock={FALLBACK_LOCK_FILE}\n")
+    else:
+        choose = f"_provision_lock={shlex.quote(lock_file)}\n"
+    path = '"$_provision_lock"'
     held = (f"  printf '{BUSY} %s\\n' \"$(cat {path} 2>/dev/null)\" >&2\n"
             + ("  flock 9\n" if request.wait else f"  exit {EXIT_BUSY}\n"))
-    return (f"exec 9>>{path}\n"
+    return (choose
+            + f"exec 9>>{path}\n"
             f"flock -n 9 || {{\n{held}}}\n"
             f"printf '%s\\n' {shlex.quote(request.holder)} >{path}\n"
             f"( exec 9>&-\n{facts}\n)\n"
