@@ -24,6 +24,7 @@ sweep the moment this process ends, however it ends: kill -9 leaves no worker be
 from __future__ import annotations
 
 import collections
+import hmac
 import json
 import os
 import selectors
@@ -472,7 +473,9 @@ class Master(Supervisor):
 
     def hello(self, peer: Peer, message: dict) -> bool:
         rank = message.get("rank")
-        if (message.get("t") != "hello" or message.get("token") != self.spec["token"]
+        token = message.get("token")
+        if (message.get("t") != "hello" or not isinstance(token, str)
+                or not hmac.compare_digest(token, self.spec["token"])
                 or rank not in self.followers or rank in self.peers or rank in self.settled):
             self.forget(peer)
             return False

@@ -249,3 +249,14 @@ def test_the_log_is_bounded(cluster):
     older = run.dirs[0] / "output.log.1"
     assert current.stat().st_size + older.stat().st_size <= 8192
     assert "line-2999-" in current.read_text()
+
+
+def test_a_stranger_without_the_token_is_turned_away(cluster):
+    run = cluster(["sleep 1", "sleep 1"])
+    assert run.start(ranks=[0])[0].get("started")
+    with socket.create_connection(("127.0.0.1", run.port), timeout=5) as stranger:
+        stranger.sendall(b'{"t": "hello", "rank": 1, "token": "guess"}\n{"t": "stop"}\n')
+        assert stranger.recv(100) == b""          # closed, nothing said
+    assert run.start(ranks=[1])[1].get("started")  # the real follower still joins
+    run.wait_ended(10)
+    assert run.record(0)["state"] == "succeeded"
