@@ -10,6 +10,7 @@ when its channel closes, whether the controller closed it, died or lost the conn
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
 import select
@@ -28,6 +29,11 @@ from provision import keepalive
 from provision.errors import HostKeyMismatch, HostUnreachable, ProvisionError, SudoRefused
 from provision.inventory import Host
 from provision.supervision import COMMAND_ID_VAR, marked_job, supervised_script
+
+# paramiko logs a failed handshake's traceback from its transport thread (a port that answers
+# with something other than SSH, say); with no handler, Python's last resort prints it on
+# stderr. The failure itself reaches the caller as an exception, reported as UNREACHABLE.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_COMMAND_TIMEOUT = 1800.0
