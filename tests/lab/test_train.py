@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 import signal
+import shlex
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -22,10 +24,18 @@ PYTHON = f"{ENV}/bin/python"
 
 @pytest.fixture(scope="module")
 def train_env(lab):
-    """A training environment on every training host: the controller's Python (it has torch)
-    and the lock marker the conda role writes last."""
+    """A training environment on every training host, and the lock marker the conda role
+    writes last: a real venv (its own pyvenv.cfg) whose site-packages path includes the
+    controller venv's, where torch is. A symlink to the controller venv's interpreter would run
+    as the base interpreter, which has no torch on a fresh machine."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    site = sysconfig.get_paths()["purelib"]
     for host in lab.hosts:
-        lab.sh(host.name, f"mkdir -p {ENV}/bin && ln -sf {sys.executable} {PYTHON} && "
+        lab.sh(host.name, f"{shlex.quote(base)} -m venv --without-pip {ENV} && "
+                          f"printf '%s\\n' {shlex.quote(site)} > "
+                          f"$({PYTHON} -c 'import sysconfig; print(sysconfig.get_paths()[\"purelib\"])')"
+                          "/controller-venv.pth && "
+                          f"{PYTHON} -c 'import torch' && "
                           f"echo lock-1 > {ENV}/.provision-lock-sha256")
     yield
     for host in lab.hosts:
