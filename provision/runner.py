@@ -22,6 +22,7 @@ from provision.host_lock import (BUSY, EXIT_BUSY, HostLocked, LockRequest, holde
 from provision.inventory import Host, Inventory
 from provision.operations import Change, Failure, HostContext, NoChange, Skip
 from provision.plan import HostResult, Status, TaskResult
+from provision.relay import Relay
 from provision.roles import Role, Task, check_args, evaluate, render
 
 Listener = Callable[[TaskResult], None]
@@ -111,8 +112,10 @@ def _selected(task: Task, role: Role, tags: frozenset[str]) -> bool:
 
 
 def run_roles(session: HostSession, inventory: Inventory, roles: list[Role],
-              options: RunOptions, listener: Listener, results: list[TaskResult]) -> None:
-    """Plan and (unless checking) apply `roles` on one host, appending to `results`."""
+              options: RunOptions, listener: Listener, results: list[TaskResult],
+              relay: Relay | None = None) -> None:
+    """Plan and (unless checking) apply `roles` on one host, appending to `results`. `relay`:
+    the run's, shared by its hosts, for the files commands need (default: from the controller)."""
     host = session.connection.host
 
     def report(result: TaskResult) -> None:
@@ -187,7 +190,7 @@ def run_roles(session: HostSession, inventory: Inventory, roles: list[Role],
         elif isinstance(outcome, Change):
             if not options.check:
                 for command in outcome.commands:
-                    result = session.run(command.run, stdin=command.stdin)
+                    result = (relay or Relay()).run(session, command)
                     if not result.ok:
                         report(TaskResult(host.name, role.name, task.name, Status.FAILED,
                                           f"{outcome.description}: {result.describe_failure()}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -20,6 +21,7 @@ from provision.connection import SUDO_PASSWORD_ENV, ConnectOptions
 from provision.errors import InventoryError, ProvisionError
 from provision.inventory import Inventory, load_inventory
 from provision.plan import EXIT_USAGE, HostResult, Status, TaskResult, exit_code
+from provision.relay.report import describe
 from provision.runner import HostSession, run_on_hosts
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -93,13 +95,18 @@ def ssh_settings(kwargs: dict) -> dict:
                                        "ask_become_pass", "extra_vars")}
 
 
-def finish(inventory: Inventory, results: list[HostResult], as_json: bool) -> None:
-    """Recap (or JSON report), retry file, exit code."""
+def finish(inventory: Inventory, results: list[HostResult], as_json: bool,
+           transfers: list[dict] | None = None) -> None:
+    """Recap (or JSON report), retry file, exit code. `transfers`: the relay's report of the
+    files every host needed (provision/relay)."""
     if as_json:
         click.echo(json.dumps({"hosts": [r.as_dict() for r in results],
+                               **({"transfers": transfers} if transfers is not None else {}),
                                "exit_code": exit_code(results)}, indent=2))
     else:
         recap(results)
+        for entry in transfers or ():
+            emit(describe(entry))
     failed = [r.host for r in results
               if r.status in (Status.FAILED, Status.UNREACHABLE, Status.INTERRUPTED)]
     retry = retry_path(inventory)
@@ -201,10 +208,13 @@ def role_options(command):
 
 
 def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: bool,
-              listener, wait_for_lock: bool | None = None) -> tuple[Inventory, list[HostResult]]:
-    """Run the roles. With `wait_for_lock` (True: wait, False: fail), each host's run lock is
-    held throughout."""
+              listener, transfers: Callable[[list[dict]], None] | None = None,
+              wait_for_lock: bool | None = None) -> tuple[Inventory, list[HostResult]]:
+    """Run the roles; `transfers` is given the relay's report (the files every host needed).
+    With `wait_for_lock` (True: wait, False: fail), each host's run lock is held throughout."""
     from provision.host_lock import LockRequest
+    from provision.relay import Relay
+    from provision.relay.firewall import firewall_peers
     from provision.roles import ROLES_DIR, load_role
     from provision.runner import RunOptions, run_cluster_checks, run_roles
     from provision.setup import SETUP_ORDER, known_settings, role_names as available
@@ -221,15 +231,22 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
     options = connect_options(ssh, hosts)
     run_options = RunOptions(check=check, forks=forks,
                              tags=frozenset(t.strip() for t in (tags or "").split(",") if t.strip()))
+    relay = Relay(lambda: firewall_peers(inv, hosts, directory), len(hosts))
+
+    def after_all(sessions: dict[str, HostSession], by_host: dict[str, HostResult]) -> None:
+        relay.close()     # the hosts' copies go before the cross-host checks
+        run_cluster_checks(sessions, by_host, inv, roles, run_options, listener)
+
     lock = None if wait_for_lock is None else LockRequest.for_this_run(
         wait_for_lock, lambda host, message: emit(f"{host}: {message}", err=True))
     with stop_on_signals() as stop:
         results = run_on_hosts(
             hosts, options, forks,
-            lambda session, out: run_roles(session, inv, roles, run_options, listener, out),
-            lambda sessions, by_host: run_cluster_checks(sessions, by_host, inv, roles,
-                                                         run_options, listener),
-            stop=stop, lock=lock, listener=listener)
+            lambda session, out: run_roles(session, inv, roles, run_options, listener, out,
+                                           relay),
+            after_all, stop=stop, lock=lock, listener=listener)
+    if transfers is not None:
+        transfers(relay.report())
     return inv, results
 
 
@@ -254,10 +271,11 @@ def setup_cmd(inventory, limit, forks, check, diff, tags, role_names, roles_dir,
         if not as_json and (verbose or result.status is not Status.SKIPPED):
             task_line(result, check, diff, verbose)
 
+    transfers: list[dict] = []
     inv, results = run_setup(inventory, limit, forks, tags, role_names, roles_dir,
-                             ssh_settings(kwargs), check, listener,
+                             ssh_settings(kwargs), check, listener, transfers.extend,
                              wait_for_lock=None if check else not no_wait)
-    finish(inv, results, as_json)
+    finish(inv, results, as_json, transfers)
 
 
 @main.command("check")

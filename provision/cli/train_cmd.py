@@ -16,6 +16,9 @@ from provision.cli import (connect_options, emit, fail, open_inventory, ssh_opti
                            ssh_settings)
 from provision.connection import HostConnection
 from provision.errors import HostUnreachable, ProvisionError
+from provision.relay import Relay
+from provision.relay.firewall import firewall_peers
+from provision.relay.report import describe
 from provision.runner import HostSession
 from provision.train import build_train_config, node_command
 from provision.train.launch import Job, JobResult, write_summary
@@ -137,7 +140,10 @@ def train_cmd(script, script_args, inventory, limit, forks, group, nproc_per_nod
     options = connect_options(ssh, config.nodes)
     sessions = {n.name: HostSession(HostConnection(n, options)) for n in config.nodes}
     try:
-        code = _run(config, sessions, staging, dry_run, grace, Path(runs_dir), inv.path, detach)
+        # The training files cross the controller's link about once (provision/relay).
+        relay = Relay(lambda: firewall_peers(inv, config.nodes), len(config.nodes))
+        code = _run(config, sessions, staging, dry_run, grace, Path(runs_dir), inv.path, detach,
+                    relay)
     except HostUnreachable as exc:
         fail(f"{exc}", 4)
     except KeyboardInterrupt:
@@ -149,7 +155,7 @@ def train_cmd(script, script_args, inventory, limit, forks, group, nproc_per_nod
 
 
 def _run(config, sessions, staging, dry_run, grace, runs_dir: Path, inventory: Path,
-         detach: bool) -> int:
+         detach: bool, relay: Relay | None = None) -> int:
     max_skew = float(config.master.vars.get("ntp_max_skew_ms", DEFAULT_MAX_SKEW_MS))
     reports = check_nodes(sessions, config, staging.source is None, max_skew)
     commands = {n.name: node_command(config, n, reports[n.name].ifname) for n in config.nodes}
@@ -169,7 +175,14 @@ def _run(config, sessions, staging, dry_run, grace, runs_dir: Path, inventory: P
         return 2
     if dry_run:
         return 0
-    failed = stage_all(sessions, staging)
+    relay = relay or Relay()
+    try:
+        failed = stage_all(sessions, staging, relay)
+    finally:
+        relay.close()      # every copy gone, nothing listening on a training port
+    for entry in relay.report():
+        if entry["from_peers"]:
+            emit(f"staged {describe(entry)}", err=True)
     if failed:
         for name, problem in failed.items():
             emit(click.style(f"{name}: ", fg="red") + problem, err=True)

@@ -19,6 +19,9 @@ from provision.settings import Setting
 class Command:
     run: list[str] | str          # argv, or a POSIX sh script with every value quoted
     stdin: bytes | None = None
+    # A provision.relay.SharedFile the command reads at its path: the run's relay brings it to
+    # the host first (the controller's link carries such a file about once per run).
+    needs: Any = None
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from provision.operations.base import (
     operation,
 )
 from provision.plan import Status, TaskResult
+from provision.relay.files import SharedFile
 from provision.settings import Setting
 
 DEFAULT_ENV_FILE = Path(__file__).resolve().parents[2] / "environment.yml"
@@ -40,53 +41,91 @@ TRAINING_GROUP = "training"
 PREFIX = Setting("prefix", "abspath", "where Miniconda is installed")
 
 
-def install_script(prefix: str, name: str, sha256: str, update: bool) -> str:
-    """sh script: the installer arrives on stdin, is checked on the host, then run in batch mode."""
-    parent = posixpath.dirname(prefix.rstrip("/")) or "/"
-    installer = f'"$dir"/{shlex.quote(name)}'
-    argv = ["-b", *(["-u"] if update else []), "-p", prefix]
-    return "\n".join([
-        "set -e",
-        f"mkdir -p -- {shlex.quote(parent)}",
-        # Beside the prefix: the space preflight checked, and not a small or noexec /tmp.
-        f"dir=$(mktemp -d {shlex.quote(parent + '/.provision-miniconda.XXXXXX')})",
-        "trap 'rm -rf \"$dir\"' EXIT",
-        f"cat > {installer}",
+def _run_checked(installer: str, sha256: str, argv: list[str]) -> list[str]:
+    """sh lines: the installer at the shell word `installer` is checked, then run."""
+    return [
         f"if ! printf '%s  %s\\n' {sha256} {installer} | sha256sum -c --status; then",
         (f"  echo \"refusing to run the Miniconda installer: its sha256 on this host is "
          f"$(sha256sum < {installer} | cut -d' ' -f1), expected {sha256}\" >&2"),
         "  exit 1",
         "fi",
         f"bash {installer} {shlex.join(argv)}",
+    ]
+
+
+def _installer_argv(prefix: str, update: bool) -> list[str]:
+    return ["-b", *(["-u"] if update else []), "-p", prefix]
+
+
+def install_script(prefix: str, installer: str, sha256: str, update: bool) -> str:
+    """sh script: the installer the relay brought to the path `installer` is checked on the
+    host, then run in batch mode."""
+    return "\n".join(["set -e", *_run_checked(shlex.quote(installer), sha256,
+                                              _installer_argv(prefix, update))]) + "\n"
+
+
+def download_script(prefix: str, url: str, name: str, sha256: str, update: bool) -> str:
+    """sh script: the host downloads the installer itself, checks it, then runs it."""
+    parent = posixpath.dirname(prefix.rstrip("/")) or "/"
+    installer = f'"$dir"/{shlex.quote(name)}'
+    u = shlex.quote(url)
+    return "\n".join([
+        "set -e",
+        f"mkdir -p -- {shlex.quote(parent)}",
+        # Beside the prefix: the space preflight checked, and not a small or noexec /tmp.
+        f"dir=$(mktemp -d {shlex.quote(parent + '/.provision-miniconda.XXXXXX')})",
+        "trap 'rm -rf \"$dir\"' EXIT",
+        "if command -v curl >/dev/null 2>&1; then",
+        f"  curl -fsSL --retry 3 --connect-timeout 30 -o {installer} {u}",
+        "elif command -v wget >/dev/null 2>&1; then",
+        f"  wget -q --tries=3 --timeout=30 -O {installer} {u}",
+        "else",
+        "  echo 'conda_installer_source is hosts, but this host has neither curl nor wget' >&2",
+        "  exit 1",
+        "fi",
+        *_run_checked(installer, sha256, _installer_argv(prefix, update)),
     ]) + "\n"
 
 
 @operation("conda_install",
            [PREFIX, Setting("version", "str"), Setting("url", "str"), Setting("sha256", "str"),
-            Setting("installer_path", "str")],
+            Setting("installer_path", "str"),
+            Setting("source", "str", choices=("controller", "hosts"))],
            required=("prefix", "version"), facts=lambda a: [Os(), CondaInstall(a["prefix"])])
 def conda_install(args: dict, facts: FactValues, ctx: HostContext):
-    """Miniconda `version` is installed at `prefix`, from the controller's copy of the installer."""
+    """Miniconda `version` is installed at `prefix`: the controller's checked copy of the
+    installer, passed between the hosts by the run's relay, or (source: hosts) each host's own
+    download."""
     prefix, version = args["prefix"], args["version"]
     wanted = conda_installer.conda_version(version)
     info = facts[CondaInstall(prefix)]
     if info.has_conda and info.conda_version == wanted:
         return NoChange(f"Miniconda3 {version} (conda {wanted}) is installed at {prefix}")
     arch = facts[Os()].arch
-    try:
-        sha256 = conda_installer.expected_sha256(args.get("sha256") or "", version, arch)
-        installer = conda_installer.resolve(
-            args.get("installer_path") or "",
-            args.get("url") or conda_installer.official_url(version, arch), sha256)
-    except conda_installer.InstallerError as exc:
-        return Failure(str(exc))
+    url = args.get("url") or conda_installer.official_url(version, arch)
     # An existing prefix (another conda version, or an interrupted install) is updated in place:
     # the installer refuses an existing prefix without -u.
     found = (f" over conda {info.conda_version}" if info.conda_version
              else " over an incomplete install" if info.exists else "")
-    return Change(f"install Miniconda3 {version} into {prefix}{found}",
-                  (Command(install_script(prefix, installer.name, sha256, info.exists),
-                           stdin=installer.data),))
+    what = f"install Miniconda3 {version} into {prefix}{found}"
+    try:
+        sha256 = conda_installer.expected_sha256(args.get("sha256") or "", version, arch)
+        if args.get("source") == "hosts":
+            if args.get("installer_path"):
+                return Failure("conda_installer_path is a file on the controller, but "
+                               "conda_installer_source is hosts: each host downloads "
+                               "conda_installer_url itself; unset one of them")
+            name = url.rstrip("/").rsplit("/", 1)[-1] or "miniconda-installer.sh"
+            return Change(f"{what}, downloaded by the host from {url}",
+                          (Command(download_script(prefix, url, name, sha256, info.exists)),))
+        installer = conda_installer.resolve(args.get("installer_path") or "", url, sha256)
+    except conda_installer.InstallerError as exc:
+        return Failure(str(exc))
+    # Beside the prefix: the space preflight checked, and not a small or noexec /tmp.
+    shared = SharedFile(installer.name, sha256, posixpath.dirname(prefix.rstrip("/")) or "/",
+                        lambda: installer.data)
+    return Change(what, (Command(install_script(prefix, shared.path, sha256, info.exists),
+                                 needs=shared),))
 
 
 def env_path(prefix: str, name: str) -> str:
@@ -99,8 +138,10 @@ def is_explicit_lock(data: bytes) -> bool:
     return "@EXPLICIT" in [line for line in lines if line and not line.startswith("#")][:1]
 
 
-def env_script(conda: str, path: str, sha256: str, action: str, explicit: bool = False) -> str:
-    """sh script: the lock file arrives on stdin; the marker goes first and comes back last."""
+def env_script(conda: str, path: str, sha256: str, action: str, lock_copy: str,
+               explicit: bool = False) -> str:
+    """sh script: the lock file is read at `lock_copy` (where the relay brought it); the marker
+    goes first and comes back last."""
     p, marker = shlex.quote(path), shlex.quote(f"{path}/{LOCK_MARKER}")
     record = shlex.quote(f"{path}/{VERSIONS_RECORD}")
     conda = shlex.quote(conda)
@@ -123,7 +164,7 @@ def env_script(conda: str, path: str, sha256: str, action: str, explicit: bool =
         f"rm -f -- {marker}",
         "dir=$(mktemp -d)",
         "trap 'rm -rf \"$dir\"' EXIT",
-        f"cat > {lock}",
+        f"cp -- {shlex.quote(lock_copy)} {lock}",
         *steps[action],
         f"PYTHONDONTWRITEBYTECODE=1 {p}/bin/python -B -c {shlex.quote(VERSIONS_SCRIPT)} "
         f"> {record}.tmp",
@@ -168,8 +209,10 @@ def conda_env(args: dict, facts: FactValues, ctx: HostContext):
         what = (f"create environment {path} from {lock_path.name} ({sha256[:12]})"
                 + (" in place of a directory conda did not build" if info.exists else ""))
     conda = f"{args['prefix'].rstrip('/')}/bin/conda"
-    return Change(what, (Command(env_script(conda, path, sha256, action, explicit),
-                                 stdin=data),))
+    shared = SharedFile("conda.lock" if explicit else "environment.yml", sha256,
+                        posixpath.dirname(args["prefix"].rstrip("/")) or "/", lambda: data)
+    return Change(what, (Command(env_script(conda, path, sha256, action, shared.path, explicit),
+                                 needs=shared),))
 
 
 FIELDS = ("python", "torch", "cuda", "nccl", "cuda_available", "lock_sha256")

@@ -1,23 +1,18 @@
-"""Which hosts may pass a file to which: only over what setup made safe.
+"""Which hosts may pass a file to which: only over what setup made safe (provision/relay/
+firewall.py reads it from the firewall role).
 
 The firewall role opens the training ports (`rendezvous_port`, `firewall_extra_ports`) on the
 hosts of `firewall_group`, to the addresses in its sources (`firewall_sources`, `cluster_cidr`,
 or the group's own addresses) only. So a host may serve a peer when the firewall role applies to
 it and the peer's address is among its sources, and it listens on those ports only. The role's
-own `when` and arguments are rendered here, so this follows the role file, not a copy of it.
+own `when` and arguments are rendered, so this follows the role file, not a copy of it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from provision.errors import RoleError
-from provision.inventory import Host, Inventory
-from provision.roles import ROLES_DIR, evaluate, load_role, render
-
-FIREWALL_ROLE, FIREWALL_OP = "firewall", "firewall_open"
 PORTS_PER_RANGE = 4      # a busy port (a job on it) moves the server on; a few suffice
 MAX_PORTS = 8
 
@@ -66,30 +61,3 @@ def networks(values: list) -> tuple[Network, ...]:
         except ValueError:
             continue         # the firewall role refuses it too: nothing is open to it
     return tuple(found)
-
-
-def firewall_peers(inventory: Inventory, hosts: list[Host],
-                   roles_dir: Path = ROLES_DIR) -> Peers:
-    """The peers among `hosts` as the firewall role of `roles_dir` opens their ports."""
-    from provision.runner import template_variables   # here: the runner imports the relay
-    addresses = {h.name: h.address for h in hosts}
-    try:
-        role = load_role(FIREWALL_ROLE, roles_dir)
-    except RoleError:
-        return Peers(addresses)      # no firewall role: no port was made safe
-    tasks = [t for t in role.tasks if t.op.name == FIREWALL_OP]
-    ports, open_to = {}, {}
-    for host in hosts:
-        variables = template_variables(inventory, host, role)
-        for task in tasks:
-            try:
-                if task.when is not None and not evaluate(task.when, variables):
-                    continue
-                args = render(task.args, variables)
-            except Exception:  # noqa: BLE001 -- jinja2's errors: the role fails the host too
-                continue
-            host_ports = port_list(args.get("ports") or [])
-            if host_ports:
-                ports[host.name] = host_ports
-                open_to[host.name] = networks(args.get("sources") or [])
-    return Peers(addresses, ports, open_to)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -39,6 +40,9 @@ SERVE_START_TIMEOUT = 30.0
 SERVE_END_TIMEOUT = 10.0
 KEEPER_END_TIMEOUT = 10.0
 RECHECK_S = 2.0           # a waiting host looks again this often, whatever it was told
+# A host that may serve nobody waits this long for one that may to take the controller's copy
+# first (hosts reach the task at about the same time), then takes a copy of its own.
+SEED_WAIT_S = 5.0
 
 
 @dataclass
@@ -184,14 +188,18 @@ class Relay:
     def _choose(self, state: _File, name: str, tried: frozenset[str],
                 controller_only: bool) -> tuple[Choice, _Copy | None]:
         """The source (the holder's copy, or None for the controller), once there is one."""
+        seed_until = time.monotonic() + SEED_WAIT_S
+        serves = name in self.peers.ports
         with self._cond:
             while True:
-                choice = state.schedule.choose(name, tried, controller_only)
+                left = seed_until - time.monotonic()
+                defer = not serves and not controller_only and left > 0
+                choice = state.schedule.choose(name, tried, controller_only, defer)
                 if choice.kind == PEER:
                     return choice, state.copies[choice.holder]
                 if choice.kind == CONTROLLER:
                     return choice, None
-                self._cond.wait(RECHECK_S)
+                self._cond.wait(min(RECHECK_S, left) if defer else RECHECK_S)
 
     def _finished(self, state: _File, name: str, choice: Choice, copy: _Copy | None,
                   holder_failed: bool) -> None:

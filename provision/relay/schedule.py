@@ -29,9 +29,10 @@ class Schedule:
     controller_busy: bool = False
 
     def choose(self, receiver: str, tried: frozenset[str] = frozenset(),
-               controller_only: bool = False) -> Choice:
+               controller_only: bool = False, defer: bool = False) -> Choice:
         """The source for `receiver` now (and marks it taken), or WAIT. `tried`: holders that
-        already failed this receiver."""
+        already failed this receiver; `defer`: leave the controller to others for now (a host
+        that may serve nobody should not take the one copy the controller sends)."""
         usable = [] if controller_only else [
             h for h in self.busy if h not in tried and self.may_serve(h, receiver)]
         free = [h for h in usable if not self.busy[h]]
@@ -41,7 +42,7 @@ class Schedule:
             return Choice(PEER, free[0])
         soon = usable or (not controller_only and any(
             self.may_serve(r, receiver) for r in self.receiving if r != receiver))
-        if soon or self.controller_busy:
+        if soon or self.controller_busy or defer:
             return Choice(WAIT)
         self.controller_busy = True
         self.receiving.add(receiver)

@@ -1,5 +1,6 @@
 """Putting the training script on every node: used in place on the shared mount, copied into
-the run's directory, or (--sync DIR) a whole directory kept in step, sending changed files only."""
+the run's directory, or (--sync DIR) a whole directory kept in step, sending changed files only.
+The files cross the controller's link about once: the run's relay passes them between nodes."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import posixpath
 import re
 import shlex
 import tarfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from provision.errors import HostUnreachable, TrainError
+from provision.operations.base import Command
+from provision.relay import Relay, SharedFile
 from provision.runner import HostSession
 
 
@@ -71,34 +75,73 @@ def _remote_manifest(session: HostSession, target: str) -> dict[str, str]:
     return manifest
 
 
-def stage(session: HostSession, staging: Staging) -> int:
+class Archives:
+    """What one staging sends: the local manifest (hashed once, not once per node) and one
+    tarball per distinct set of files the nodes lack (usually one for all), built once and
+    shared through the relay."""
+
+    def __init__(self, staging: Staging):
+        self.staging = staging
+        self._lock = threading.Lock()
+        self._manifest: dict[str, str] | None = None
+        self._built: dict[tuple[str, ...], SharedFile] = {}
+
+    def manifest(self) -> dict[str, str]:
+        with self._lock:
+            if self._manifest is None:
+                self._manifest = _local_manifest(self.staging.source)
+            return self._manifest
+
+    def archive(self, paths: tuple[str, ...]) -> SharedFile:
+        with self._lock:
+            if paths not in self._built:
+                source = self.staging.source
+                buffer = io.BytesIO()
+                base = source if source.is_dir() else source.parent
+                # Level 1: most of gzip's gain on code, at a fraction of level 9's time.
+                with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=1) as tar:
+                    for path in paths:
+                        tar.add(base / path, arcname=path)
+                data = buffer.getvalue()
+                self._built[paths] = SharedFile(
+                    f"{source.name}.tar.gz", hashlib.sha256(data).hexdigest(),
+                    posixpath.dirname(self.staging.target.rstrip("/")) or "/", lambda: data)
+            return self._built[paths]
+
+
+def stage(session: HostSession, staging: Staging, relay: Relay | None = None,
+          archives: Archives | None = None) -> int:
     """Send what the node lacks; returns how many files were sent."""
     if staging.source is None:
         return 0
-    local = _local_manifest(staging.source)
+    archives = archives or Archives(staging)
+    local = archives.manifest()
     remote = {} if staging.fresh else _remote_manifest(session, staging.target)
-    changed = sorted(path for path, digest in local.items() if remote.get(path) != digest)
+    changed = tuple(sorted(path for path, digest in local.items() if remote.get(path) != digest))
     if not changed:
         return 0
-    buffer = io.BytesIO()
-    base = staging.source if staging.source.is_dir() else staging.source.parent
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for path in changed:
-            tar.add(base / path, arcname=path)
-    result = session.run(f"mkdir -p {shlex.quote(staging.target)} && "
-                         f"tar -xzf - -C {shlex.quote(staging.target)}", stdin=buffer.getvalue())
+    archive = archives.archive(changed)
+    target = shlex.quote(staging.target)
+    result = (relay or Relay()).run(session, Command(
+        f"mkdir -p {target} && tar -xzf {shlex.quote(archive.path)} -C {target}",
+        needs=archive))
     if not result.ok:
         raise TrainError(f"{session.connection.host.name}: copying the training files to "
                          f"{staging.target} failed: {result.describe_failure()}")
     return len(changed)
 
 
-def stage_all(sessions: dict[str, HostSession], staging: Staging) -> dict[str, str]:
-    """Stage on every node at once; the problem of each node that could not be staged (a full
-    disk, an unwritable run directory, a lost connection), by node name."""
+def stage_all(sessions: dict[str, HostSession], staging: Staging,
+              relay: Relay | None = None) -> dict[str, str]:
+    """Stage on every node at once, the files passed between the nodes by `relay`; the problem
+    of each node that could not be staged (a full disk, an unwritable run directory, a lost
+    connection), by node name."""
+    archives = Archives(staging)
+    relay = relay or Relay()
+
     def one(name: str) -> str | None:
         try:
-            stage(sessions[name], staging)
+            stage(sessions[name], staging, relay, archives)
         except (TrainError, HostUnreachable) as exc:
             return str(exc)
         return None

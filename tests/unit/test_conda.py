@@ -29,6 +29,7 @@ from provision.facts.system import Os, OsInfo
 from provision.inventory import Host
 from provision.operations import REGISTRY, Change, Failure, HostContext, NoChange
 from provision.operations.conda_ops import DEFAULT_ENV_FILE, differences, env_path
+from provision.relay.scripts import direct_script
 from provision.roles import load_role
 
 DOUBLE = Path(__file__).resolve().parents[1] / "doubles" / "miniconda-installer.sh"
@@ -81,7 +82,15 @@ def plan_env(prefix: Path, lock: Path):
 def apply(outcome) -> subprocess.CompletedProcess:
     assert isinstance(outcome, Change), outcome
     (command,) = outcome.commands
-    return sh(command.run, command.stdin)
+    return run_with_file(command)
+
+
+def run_with_file(command, data: bytes | None = None) -> subprocess.CompletedProcess:
+    """As the run's relay does for a host no peer serves: the file the command needs (`data`
+    in its place, if given) arrives with the command, checked, and goes after it."""
+    data = command.needs.load() if data is None else data
+    return sh(direct_script(command.needs.path, command.needs.sha256, len(data), command.run),
+              data)
 
 
 def test_install_then_no_change_and_an_update_over_another_version(tmp_path, installer):
@@ -117,9 +126,17 @@ def test_wrong_checksum_is_refused_on_the_controller(tmp_path, installer):
 def test_checksum_is_verified_on_the_host_before_running(tmp_path, installer):
     prefix = tmp_path / "p"
     command = plan_install(install_args(prefix, installer)).commands[0]
-    done = sh(command.run, command.stdin + b"\necho tampered\n")   # corrupted on the way
-    assert done.returncode == 1 and b"refusing to run the Miniconda installer" in done.stderr
+    tampered = command.needs.load() + b"\necho tampered\n"      # corrupted on the way
+    done = run_with_file(command, tampered)
+    assert done.returncode == 1 and b"the copy received has sha256" in done.stderr
     assert not prefix.exists() and list(tmp_path.iterdir()) == []
+    # A copy changed on the host after it arrived: the install checks it once more.
+    copy = Path(command.needs.path)
+    copy.parent.mkdir()
+    copy.write_bytes(tampered)
+    done = sh(command.run, None)
+    assert done.returncode == 1 and b"refusing to run the Miniconda installer" in done.stderr
+    assert not prefix.exists()
 
 
 def test_unknown_architecture_needs_a_checksum(tmp_path):

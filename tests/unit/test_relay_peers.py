@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from provision.inventory import load_inventory
-from provision.relay.peers import firewall_peers, port_list
+from provision.relay.firewall import firewall_peers
+from provision.relay.peers import port_list
 from provision.roles import ROLES_DIR
 from provision.setup import known_settings
 

@@ -83,3 +83,9 @@ def test_a_holder_may_not_serve_itself_nor_a_host_it_may_not_serve():
     schedule.finish("a", schedule.choose("a"), True)
     assert schedule.choose("c").kind == CONTROLLER
     assert schedule.choose("b").kind == PEER
+
+
+def test_a_deferring_host_leaves_the_controller_to_one_that_may_serve():
+    schedule = Schedule(lambda holder, receiver: holder != receiver and holder != "out")
+    assert schedule.choose("out", defer=True).kind == WAIT
+    assert schedule.choose("a").kind == CONTROLLER
