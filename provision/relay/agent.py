@@ -166,10 +166,13 @@ def fetch(holder_address, port, own_address, sha256, path):
         os.makedirs(os.path.dirname(directory), exist_ok=True)
         os.umask(0o077)
         os.makedirs(directory, exist_ok=True)
-        # An interrupted earlier transfer of this file to this host left its part behind.
-        for stale in glob.glob(glob.escape(path) + ".part-*"):
-            os.unlink(stale)
-        out = open(partial, "wb")
+        clear_stale_parts(directory)
+        try:
+            out = open(partial, "wb")
+        except FileNotFoundError:
+            # Another run's last copy took the directory with it just now.
+            os.makedirs(directory, exist_ok=True)
+            out = open(partial, "wb")
     except OSError as exc:
         raise Failed("local", "cannot write into %s: %s" % (directory, exc.strerror))
     try:
@@ -220,6 +223,18 @@ def receive(conn, out, token):
     out.close()
     conn.close()
     return digest.hexdigest(), size
+
+
+def clear_stale_parts(directory):
+    # Parts whose writer is gone: interrupted transfers (a part's name ends in its pid). Another
+    # run's transfer in progress is left alone.
+    for stale in glob.glob(os.path.join(glob.escape(directory), "*.part-*")):
+        try:
+            os.kill(int(stale.rsplit(".part-", 1)[1]), 0)
+        except ProcessLookupError:
+            discard(stale)
+        except (ValueError, OSError):
+            pass        # not a pid, or a live process of another user's
 
 
 def tidy(directory):

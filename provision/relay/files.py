@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import posixpath
 import re
+import secrets
 from dataclasses import dataclass, field
 from typing import Callable
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 COPIES_DIR = ".provision-relay"
+# In every copy's name: two controllers' runs on one host (two trainings side by side staging the
+# same script) never share a copy, so neither removes or replaces the one the other is using.
+CONTROLLER_TOKEN = secrets.token_hex(4)
 
 
 @dataclass(frozen=True)
@@ -27,4 +31,4 @@ class SharedFile:
     @property
     def path(self) -> str:
         """Where the command that needs it finds it on every host."""
-        return posixpath.join(self.directory, COPIES_DIR, f"{self.sha256[:16]}-{self.name}")
+        return posixpath.join(self.directory, COPIES_DIR, f"{self.sha256[:16]}-{CONTROLLER_TOKEN}-{self.name}")

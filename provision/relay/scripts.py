@@ -30,10 +30,16 @@ def _receive(path: str, sha256: str, size: int) -> list[str]:
         "mask=$(umask)",
         "umask 077",
         f"mkdir -p -- {d}",
-        # An interrupted earlier transfer of this file to this host left its part behind.
-        f"rm -f -- {p}.part-*",
+        # Parts whose writer is gone: interrupted transfers (a part's name ends in its pid).
+        f"for stale in {d}/*.part-*; do",
+        '  [ -e "$stale" ] || continue',
+        '  kill -0 "${stale##*.part-}" 2>/dev/null || rm -f -- "$stale"',
+        "done",
         f"part={p}.part-$$",
         f"trap {shlex.quote(PART_TRAP + tidy)} EXIT",
+        # Another run's last copy may take the directory with it just now: once the part is
+        # in it, it stays.
+        f": > \"$part\" 2>/dev/null || {{ mkdir -p -- {d}; : > \"$part\"; }}",
         f"head -c {size} > \"$part\"",
         "got=$(sha256sum < \"$part\" | cut -d' ' -f1)",
         f"if [ \"$got\" != {shlex.quote(sha256)} ]; then",

@@ -176,3 +176,23 @@ def test_a_keeper_stopped_by_a_signal_removes_its_copy(tmp_path, payload):
     fetch.process.wait(10)
     assert not target.exists()
     serve.end()
+
+
+def test_a_dead_writers_part_goes_and_a_live_ones_stays(tmp_path, payload):
+    source, sha256 = payload
+    target = copy_path(tmp_path)
+    target.parent.mkdir(parents=True)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = target.parent / f"other.part-{gone.pid}"
+    live = target.parent / f"other.part-{os.getpid()}"      # another run's, in progress
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    port = free_port()
+    serve = Agent("serve", str(source), HOLDER, RECEIVER, str(port))
+    serve.message()
+    fetch = Agent("fetch", HOLDER, str(port), RECEIVER, sha256, str(target))
+    assert "ok" in fetch.message()
+    serve.end()
+    assert not stale.exists() and live.read_bytes() == b"half"
+    fetch.end()

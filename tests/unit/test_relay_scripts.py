@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -87,11 +88,39 @@ def test_a_direct_copy_serves_its_command_then_goes(tmp_path, path):
     assert not os.path.exists(os.path.dirname(path))
 
 
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
 def test_a_stale_part_of_an_interrupted_transfer_is_cleared(path):
     os.makedirs(os.path.dirname(path))
-    with open(path + ".part-12345", "wb") as stale:
+    with open(f"{path}.part-{dead_pid()}", "wb") as stale:
         stale.write(b"half")
     done = subprocess.run(["sh", "-c", direct_script(path, SHA256, len(DATA), "true")],
                           input=DATA, check=False)
     assert done.returncode == 0
     assert not os.path.exists(os.path.dirname(path))
+
+
+def test_another_runs_transfer_in_progress_is_left_alone(path):
+    """Two trainings side by side staging the same file on one host (CI saw one remove the
+    other's part mid-transfer)."""
+    os.makedirs(os.path.dirname(path))
+    others = f"{path}.part-{os.getpid()}"       # a live writer's
+    Path(others).write_bytes(b"half")
+    done = subprocess.run(["sh", "-c", direct_script(path, SHA256, len(DATA), "true")],
+                          input=DATA, check=False)
+    assert done.returncode == 0
+    assert Path(others).read_bytes() == b"half"
+
+
+def test_two_controllers_never_share_a_copy():
+    def copy_path() -> str:
+        code = ("from provision.relay import SharedFile; "
+                "print(SharedFile('x.sh', '0' * 64, '/opt', bytes).path)")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              check=True).stdout
+    first, second = copy_path(), copy_path()
+    assert first.startswith("/opt/.provision-relay/") and first != second
