@@ -20,6 +20,7 @@ Failures: {"error": "...", "where": "connect" | "peer" | "local" | "checksum"} a
 """
 
 import errno
+import fcntl
 import glob
 import hashlib
 import hmac
@@ -166,13 +167,8 @@ def fetch(holder_address, port, own_address, sha256, path):
         os.makedirs(os.path.dirname(directory), exist_ok=True)
         os.umask(0o077)
         os.makedirs(directory, exist_ok=True)
-        clear_stale_parts(directory)
-        try:
-            out = open(partial, "wb")
-        except FileNotFoundError:
-            # Another run's last copy took the directory with it just now.
-            os.makedirs(directory, exist_ok=True)
-            out = open(partial, "wb")
+        clear_stale(directory)
+        out = open_part(directory, partial)
     except OSError as exc:
         raise Failed("local", "cannot write into %s: %s" % (directory, exc.strerror))
     try:
@@ -197,10 +193,11 @@ def fetch(holder_address, port, own_address, sha256, path):
         discard(partial)
         raise Failed("checksum", "the copy from %s has sha256 %s, expected %s"
                      % (holder_address, digest, sha256))
-    os.rename(partial, path)
+    os.rename(partial, path)      # its lock goes with it: the copy is held
     say({"ok": size})
     wait_for_stdin_end()
     discard(path)
+    out.close()
     tidy(directory)
 
 
@@ -219,22 +216,42 @@ def receive(conn, out, token):
         digest.update(view[:count])
         out.write(view[:count])
         left -= count
-    # No fsync: the copy lives for one run, and every use checks its sha256 again.
-    out.close()
+    # No fsync: the copy lives for one run, and every use checks its sha256 again. Not closed:
+    # its lock marks the copy as held until this program ends.
+    out.flush()
     conn.close()
     return digest.hexdigest(), size
 
 
-def clear_stale_parts(directory):
-    # Parts whose writer is gone: interrupted transfers (a part's name ends in its pid). Another
-    # run's transfer in progress is left alone.
-    for stale in glob.glob(os.path.join(glob.escape(directory), "*.part-*")):
+def clear_stale(directory):
+    # Parts and copies that nobody holds (a writer or keeper holds a flock on its own): left by
+    # an interrupted transfer or a host killed mid-run. Another run's are left alone.
+    for stale in glob.glob(os.path.join(glob.escape(directory), "*")):
         try:
-            os.kill(int(stale.rsplit(".part-", 1)[1]), 0)
-        except ProcessLookupError:
-            discard(stale)
-        except (ValueError, OSError):
-            pass        # not a pid, or a live process of another user's
+            with open(stale, "rb") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                os.unlink(stale)
+        except OSError:
+            pass
+
+
+def open_part(directory, partial):
+    """The part, created, locked, and still the one at its name: a run clearing stale parts (or
+    taking the directory with its last copy) just now may have beaten us to it; then again."""
+    for attempt in range(3):
+        os.makedirs(directory, exist_ok=True)
+        try:
+            out = open(partial, "ab")
+        except FileNotFoundError:
+            continue
+        fcntl.flock(out, fcntl.LOCK_EX)
+        try:
+            if os.path.samestat(os.fstat(out.fileno()), os.stat(partial)):
+                return out
+        except FileNotFoundError:
+            pass
+        out.close()
+    raise OSError(errno.ENOENT, "%s kept disappearing" % partial)
 
 
 def tidy(directory):

@@ -30,22 +30,31 @@ def _receive(path: str, sha256: str, size: int) -> list[str]:
         "mask=$(umask)",
         "umask 077",
         f"mkdir -p -- {d}",
-        # Parts whose writer is gone: interrupted transfers (a part's name ends in its pid).
-        f"for stale in {d}/*.part-*; do",
-        '  [ -e "$stale" ] || continue',
-        '  kill -0 "${stale##*.part-}" 2>/dev/null || rm -f -- "$stale"',
+        # Parts and copies that nobody holds (a writer or keeper holds a flock on its own):
+        # left by an interrupted transfer or a host killed mid-run. Another run's stay.
+        f"for stale in {d}/*; do",
+        '  [ -f "$stale" ] && flock -n "$stale" rm -f -- "$stale" || :',
         "done",
         f"part={p}.part-$$",
         f"trap {shlex.quote(PART_TRAP + tidy)} EXIT",
-        # Another run's last copy may take the directory with it just now: once the part is
-        # in it, it stays.
-        f": > \"$part\" 2>/dev/null || {{ mkdir -p -- {d}; : > \"$part\"; }}",
-        f"head -c {size} > \"$part\"",
+        # Ours, locked, and still the one at its name: a run clearing stale parts (or taking the
+        # directory with its last copy) just now may have beaten us to it; then again.
+        "for try in 1 2 3; do",
+        f"  mkdir -p -- {d}",
+        '  if { : >> "$part"; } 2>/dev/null; then',
+        '    exec 8>> "$part"',
+        "    flock 8",
+        '    [ "$part" -ef /dev/fd/8 ] && break',
+        "  fi",
+        '  [ "$try" -lt 3 ] || { echo "cannot write $part" >&2; exit 1; }',
+        "done",
+        f"head -c {size} >&8",
         "got=$(sha256sum < \"$part\" | cut -d' ' -f1)",
         f"if [ \"$got\" != {shlex.quote(sha256)} ]; then",
         f"  echo \"the copy received has sha256 $got on this host, expected {sha256}\" >&2",
         "  exit 1",
         "fi",
+        # Its lock goes with it (fd 8 stays open): the copy is held while this runs.
         f"mv -f -- \"$part\" {p}",
         'umask "$mask"',
         f"trap {shlex.quote(f'rm -f -- {p}; {tidy}')} EXIT",

@@ -4,6 +4,7 @@ holds it."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -178,21 +179,22 @@ def test_a_keeper_stopped_by_a_signal_removes_its_copy(tmp_path, payload):
     serve.end()
 
 
-def test_a_dead_writers_part_goes_and_a_live_ones_stays(tmp_path, payload):
+def test_a_part_nobody_writes_goes_and_one_being_written_stays(tmp_path, payload):
     source, sha256 = payload
     target = copy_path(tmp_path)
     target.parent.mkdir(parents=True)
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    stale = target.parent / f"other.part-{gone.pid}"
-    live = target.parent / f"other.part-{os.getpid()}"      # another run's, in progress
+    stale = target.parent / "other.part-12345"         # an interrupted transfer's
     stale.write_bytes(b"half")
-    live.write_bytes(b"half")
-    port = free_port()
-    serve = Agent("serve", str(source), HOLDER, RECEIVER, str(port))
-    serve.message()
-    fetch = Agent("fetch", HOLDER, str(port), RECEIVER, sha256, str(target))
-    assert "ok" in fetch.message()
-    serve.end()
-    assert not stale.exists() and live.read_bytes() == b"half"
-    fetch.end()
+    live = target.parent / "other.part-12346"          # another run's, in progress
+    with open(live, "wb") as writing:
+        fcntl.flock(writing, fcntl.LOCK_EX)
+        writing.write(b"half")
+        writing.flush()
+        port = free_port()
+        serve = Agent("serve", str(source), HOLDER, RECEIVER, str(port))
+        serve.message()
+        fetch = Agent("fetch", HOLDER, str(port), RECEIVER, sha256, str(target))
+        assert "ok" in fetch.message()
+        serve.end()
+        assert not stale.exists() and live.read_bytes() == b"half"
+        fetch.end()

@@ -3,6 +3,7 @@ stdin stays open, and a copy that comes with its command and goes after it."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -88,15 +89,9 @@ def test_a_direct_copy_serves_its_command_then_goes(tmp_path, path):
     assert not os.path.exists(os.path.dirname(path))
 
 
-def dead_pid() -> int:
-    process = subprocess.Popen(["true"])
-    process.wait()
-    return process.pid
-
-
 def test_a_stale_part_of_an_interrupted_transfer_is_cleared(path):
     os.makedirs(os.path.dirname(path))
-    with open(f"{path}.part-{dead_pid()}", "wb") as stale:
+    with open(f"{path}.part-12345", "wb") as stale:      # nobody holds its lock
         stale.write(b"half")
     done = subprocess.run(["sh", "-c", direct_script(path, SHA256, len(DATA), "true")],
                           input=DATA, check=False)
@@ -108,12 +103,49 @@ def test_another_runs_transfer_in_progress_is_left_alone(path):
     """Two trainings side by side staging the same file on one host (CI saw one remove the
     other's part mid-transfer)."""
     os.makedirs(os.path.dirname(path))
-    others = f"{path}.part-{os.getpid()}"       # a live writer's
-    Path(others).write_bytes(b"half")
+    others = Path(f"{path}.part-{os.getpid()}")
+    with open(others, "wb") as writing:          # its writer holds the lock, as ours do
+        fcntl.flock(writing, fcntl.LOCK_EX)
+        writing.write(b"half")
+        writing.flush()
+        done = subprocess.run(["sh", "-c", direct_script(path, SHA256, len(DATA), "true")],
+                              input=DATA, check=False)
+        assert done.returncode == 0
+        assert others.read_bytes() == b"half"
+
+
+def test_a_part_being_written_and_then_the_copy_are_locked_by_their_keeper(path):
+    process = subprocess.Popen(["sh", "-c", keep_script(path, SHA256, len(DATA))],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               start_new_session=True)
+    process.stdin.write(DATA[:1000])              # the rest has not come yet
+    process.stdin.flush()
+    deadline = time.monotonic() + 10
+    while not (parts := list(Path(path).parent.glob("*.part-*"))):
+        assert time.monotonic() < deadline, "no part was written"
+        time.sleep(0.01)
+    with open(parts[0], "rb") as probe:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    process.stdin.write(DATA[1000:])
+    process.stdin.flush()
+    assert json.loads(process.stdout.readline()) == {"ok": len(DATA)}
+    with open(path, "rb") as probe:                # the copy, held by its keeper
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    process.stdin.close()
+    assert process.wait(10) == 0
+
+
+def test_a_copy_its_keeper_left_behind_is_cleared(path):
+    """A host killed mid-run keeps its copy on disk; the next run's transfer removes it."""
+    os.makedirs(os.path.dirname(path))
+    left = Path(os.path.dirname(path)) / "0123456789abcdef-deadbeef-installer.sh"
+    left.write_bytes(b"a whole old copy")
     done = subprocess.run(["sh", "-c", direct_script(path, SHA256, len(DATA), "true")],
                           input=DATA, check=False)
     assert done.returncode == 0
-    assert Path(others).read_bytes() == b"half"
+    assert not os.path.exists(os.path.dirname(path))
 
 
 def test_two_controllers_never_share_a_copy():
