@@ -26,6 +26,7 @@ from typing import Any
 import jinja2
 import yaml
 
+from provision._shipped import shipped
 from provision.errors import RoleError
 from provision.operations import REGISTRY, Operation
 from provision.settings import TYPES, Setting, check_value, suggest
@@ -34,7 +35,8 @@ from provision.templating import environment
 ROLE_KEYS = ("description", "args", "tasks", "cluster_checks")
 TASK_KEYS = ("name", "op", "args", "when", "tags", "if_changed")
 ARG_KEYS = ("type", "default", "help", "min", "max", "choices", "item", "required")
-ROLES_DIR = Path(__file__).resolve().parent.parent / "roles"
+# The roles shipped with provision: package data (the repository's top-level roles/ in a checkout).
+ROLES_DIR = shipped("roles")
 
 _JINJA = environment()
 
@@ -59,6 +61,7 @@ class Role:
     defaults: dict[str, Any]
     tasks: tuple[Task, ...]
     cluster_checks: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()  # args marked `required: true`: every host must set them
 
     def variables(self, host_vars: dict[str, Any]) -> dict[str, Any]:
         """Template variables: role defaults overridden by the host's inventory vars."""
@@ -117,6 +120,7 @@ def load_role(name: str, roles_dir: Path = ROLES_DIR) -> Role:
             raise RoleError(f"{path}: {key} must be a {'mapping' if kind is dict else 'list'}")
     args: dict[str, Setting] = {}
     defaults: dict[str, Any] = {}
+    required: list[str] = []
     for arg, spec in (data.get("args") or {}).items():
         if arg == "__line__":
             continue
@@ -129,6 +133,13 @@ def load_role(name: str, roles_dir: Path = ROLES_DIR) -> Role:
         setting = Setting(arg, spec["type"], spec.get("help", ""), spec.get("min"),
                           spec.get("max"), tuple(choices) if choices else None, spec.get("item"))
         args[arg] = setting
+        if not isinstance(spec.get("required", False), bool):
+            problems.append(f"{where}: required of {arg!r} must be true or false")
+        elif spec.get("required"):
+            if spec.get("default") is not None:
+                problems.append(f"{where}: argument {arg!r} is required and has a default: "
+                                "drop one (a default makes it optional)")
+            required.append(arg)
         if "default" in spec:
             default = _strip_lines(spec["default"])
             problem = check_value(setting, default) if default is not None else None
@@ -168,7 +179,7 @@ def load_role(name: str, roles_dir: Path = ROLES_DIR) -> Role:
     if problems:
         raise RoleError("\n".join(problems))
     return Role(name, path.parent, str(data.get("description", "")), args, defaults,
-                tuple(tasks), checks)
+                tuple(tasks), checks, tuple(required))
 
 
 def render(value: Any, variables: dict[str, Any]) -> Any:

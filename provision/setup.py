@@ -2,15 +2,50 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from provision.errors import RoleError
-from provision.roles import ROLES_DIR, load_role
+from provision.inventory import Host
+from provision.roles import ROLES_DIR, Role, load_role
 from provision.settings import CORE_SETTINGS, Setting
 
 
 def role_names(roles_dir: Path = ROLES_DIR) -> list[str]:
     return sorted(p.parent.name for p in roles_dir.glob("*/role.yml"))
+
+
+def load_roles(roles_dir: Path = ROLES_DIR, names: Sequence[str] = ()) -> list[Role]:
+    """The roles `names`, or else every role of `roles_dir`: the shipped ones in SETUP_ORDER,
+    then the others by name. A directory without any role is an error, not an empty run."""
+    available = role_names(roles_dir)
+    if not available:
+        raise RoleError(f"no roles in {roles_dir} (a role is a folder with a role.yml): "
+                        "check --roles-dir")
+    order = {name: index for index, name in enumerate(SETUP_ORDER)}
+    chosen = list(names) or sorted(available, key=lambda n: (order.get(n, len(order)), n))
+    return [load_role(name, roles_dir) for name in chosen]
+
+
+def selected_roles(roles: Iterable[Role], tags: frozenset[str]) -> list[Role]:
+    """The roles with a task that `--tags` selects (a tag of the task, or the role's name)."""
+    return [r for r in roles
+            if r.tasks and (not tags or any(tags & {r.name, *t.tags} for t in r.tasks))]
+
+
+def missing_required(roles: Iterable[Role], hosts: Iterable[Host]) -> list[str]:
+    """One line per role argument marked `required: true` that some hosts do not set."""
+    hosts = list(hosts)
+    problems = []
+    for role in roles:
+        for arg in role.required:
+            unset = [h.name for h in hosts if h.vars.get(arg) is None]
+            if unset:
+                shown = ", ".join(unset[:5]) + (f" and {len(unset) - 5} more" if len(unset) > 5
+                                                else "")
+                problems.append(f"role {role.name} requires {arg!r}, which is not set for "
+                                f"{shown}: set it in the inventory (or -e {arg}=...)")
+    return problems
 
 
 def known_settings(roles_dir: Path = ROLES_DIR) -> dict[str, Setting]:

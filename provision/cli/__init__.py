@@ -47,12 +47,25 @@ def resolve_limit(limit: str | None) -> str | None:
     return limit
 
 
-def open_inventory(path: str, limit: str | None, known=None, extra_vars: tuple[str, ...] = ()):
+def open_inventory(path: str | tuple[str, ...], limit: str | None, known=None,
+                   extra_vars: tuple[str, ...] = ()):
+    """The inventory (one source, or several merged in order) and the hosts --limit selects;
+    its warnings on stderr; exit 2 listing every problem."""
     try:
         inventory = load_inventory(path, known, extra_vars)
+        for warning in inventory.warnings:
+            emit(click.style("warning: ", fg="yellow") + warning, err=True)
         return inventory, inventory.select(resolve_limit(limit))
     except InventoryError as exc:
         fail(f"{len(exc.problems)} problem(s) in the inventory:\n  " + "\n  ".join(exc.problems))
+
+
+def more_inventories(command):
+    """-i: more inventory sources, merged after the INVENTORY argument, in order."""
+    return click.option("--inventory", "-i", "more_inventories", multiple=True,
+                        type=click.Path(), metavar="SOURCE",
+                        help="Another inventory (file, directory or host list) merged after "
+                             "INVENTORY (repeatable, in order).")(command)
 
 
 def connect_options(ssh: dict, hosts) -> ConnectOptions:
@@ -130,19 +143,18 @@ def main() -> None:
 
 
 @main.command("inventory")
-@click.argument("inventory", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (like ansible-inventory --list).")
+@click.argument("inventory", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True,
+              help="Print ansible-inventory --list's JSON: groups with their hosts and "
+                   "children, _meta.hostvars with each host's merged vars.")
 @click.option("--limit", "-l", help="Hosts or groups (comma-separated), or @RETRY-FILE.")
-def inventory_cmd(inventory: str, as_json: bool, limit: str | None) -> None:
-    """Show the resolved hosts, groups and variables of an inventory."""
+def inventory_cmd(inventory: tuple[str, ...], as_json: bool, limit: str | None) -> None:
+    """Show the resolved hosts, groups and variables of an inventory: YAML or INI files,
+    directories, host lists (several INVENTORY arguments merge in order)."""
     from provision.setup import known_settings
     inv, hosts = open_inventory(inventory, limit, known_settings())
     if as_json:
-        click.echo(json.dumps({
-            "hosts": {h.name: {"address": h.address, "port": h.port, "user": h.user,
-                               "groups": list(h.groups), "vars": h.vars} for h in hosts},
-            "groups": {g.name: {"hosts": g.hosts, "children": g.children, "vars": g.vars}
-                       for g in inv.groups.values()}}, indent=2, default=str))
+        click.echo(json.dumps(inv.ansible_list(hosts), indent=4, sort_keys=True, default=str))
         return
     for group in inv.groups.values():
         click.echo(f"@{group.name}: {', '.join(group.hosts) or '(no hosts)'}")
@@ -156,6 +168,7 @@ def inventory_cmd(inventory: str, as_json: bool, limit: str | None) -> None:
 @click.argument("inventory", type=click.Path())
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @ssh_options
+@more_inventories
 @click.option("--sudo", is_flag=True, help="Run the command with sudo.")
 @click.option("--timeout", type=float, help="Seconds the command may run on each host.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report instead of a recap.")
@@ -163,7 +176,8 @@ def exec_cmd(inventory: str, command: tuple[str, ...], limit, forks, sudo, timeo
              **kwargs) -> None:
     """Run an ad-hoc command on every host in parallel (one argument: a sh script)."""
     ssh = ssh_settings(kwargs)
-    inv, hosts = open_inventory(inventory, limit, extra_vars=ssh["extra_vars"])
+    inv, hosts = open_inventory((inventory, *kwargs.pop("more_inventories")), limit,
+                                extra_vars=ssh["extra_vars"])
     options = connect_options(ssh, hosts)
     run = command[0] if len(command) == 1 else list(command)
     width = max((len(h.name) for h in hosts), default=0)
@@ -215,23 +229,37 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
     from provision.host_lock import LockRequest
     from provision.relay import Relay
     from provision.relay.firewall import firewall_peers
-    from provision.roles import ROLES_DIR, load_role
+    from provision.roles import ROLES_DIR
     from provision.runner import RunOptions, run_cluster_checks, run_roles
-    from provision.setup import SETUP_ORDER, known_settings, role_names as available
+    from provision.setup import known_settings, load_roles, missing_required, selected_roles
 
     directory = Path(roles_dir) if roles_dir else ROLES_DIR
+    run_options = RunOptions(check=check, forks=forks,
+                             tags=frozenset(t.strip() for t in (tags or "").split(",") if t.strip()))
     try:
-        names = list(role_names) or [n for n in SETUP_ORDER if n in available(directory)] \
-            or available(directory)
-        roles = [load_role(name, directory) for name in names]
+        roles = load_roles(directory, role_names)
         known = known_settings(directory)
     except ProvisionError as exc:
         fail(str(exc))
+    if not selected_roles(roles, run_options.tags):
+        names = ", ".join(r.name for r in roles)
+        fail(f"--tags {tags}: no task of the roles {names} has these tags, and no role has "
+             "these names" if run_options.tags else f"the roles {names} have no tasks")
     inv, hosts = open_inventory(inventory, limit, known, ssh["extra_vars"])
+    if not hosts:
+        fail(f"no hosts in {inv.path}" + (f" match --limit {limit}" if limit else ""))
+    missing = missing_required(selected_roles(roles, run_options.tags), hosts)
+    if missing:
+        fail(f"{len(missing)} required argument(s) not set:\n  " + "\n  ".join(missing))
     options = connect_options(ssh, hosts)
-    run_options = RunOptions(check=check, forks=forks,
-                             tags=frozenset(t.strip() for t in (tags or "").split(",") if t.strip()))
     relay = Relay(lambda: firewall_peers(inv, hosts, directory), len(hosts))
+
+    def work(session: HostSession, out: list[TaskResult]) -> None:
+        run_roles(session, inv, roles, run_options, listener, out, relay)
+        if session.round_trips == 0:
+            # No task needed the host (every one skipped): reach it anyway, so a host that does
+            # not answer is UNREACHABLE, never ok or ready.
+            session.connection.open()
 
     def after_all(sessions: dict[str, HostSession], by_host: dict[str, HostResult]) -> None:
         relay.close()     # the hosts' copies go before the cross-host checks
@@ -240,11 +268,8 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
     lock = None if wait_for_lock is None else LockRequest.for_this_run(
         wait_for_lock, lambda host, message: emit(f"{host}: {message}", err=True))
     with stop_on_signals() as stop:
-        results = run_on_hosts(
-            hosts, options, forks,
-            lambda session, out: run_roles(session, inv, roles, run_options, listener, out,
-                                           relay),
-            after_all, stop=stop, lock=lock, listener=listener)
+        results = run_on_hosts(hosts, options, forks, work, after_all, stop=stop, lock=lock,
+                               listener=listener)
     if transfers is not None:
         transfers(relay.report())
     return inv, results
@@ -253,6 +278,7 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
 @main.command("setup")
 @click.argument("inventory", type=click.Path())
 @ssh_options
+@more_inventories
 @click.option("--check", is_flag=True, help="Show what would change; change nothing.")
 @click.option("--diff", is_flag=True, help="Show the changes to files.")
 @role_options
@@ -272,8 +298,9 @@ def setup_cmd(inventory, limit, forks, check, diff, tags, role_names, roles_dir,
             task_line(result, check, diff, verbose)
 
     transfers: list[dict] = []
-    inv, results = run_setup(inventory, limit, forks, tags, role_names, roles_dir,
-                             ssh_settings(kwargs), check, listener, transfers.extend,
+    inv, results = run_setup((inventory, *kwargs.pop("more_inventories")), limit, forks, tags,
+                             role_names, roles_dir, ssh_settings(kwargs), check, listener,
+                             transfers.extend,
                              wait_for_lock=None if check else not no_wait)
     finish(inv, results, as_json, transfers)
 
@@ -281,6 +308,7 @@ def setup_cmd(inventory, limit, forks, check, diff, tags, role_names, roles_dir,
 @main.command("check")
 @click.argument("inventory", type=click.Path())
 @ssh_options
+@more_inventories
 @role_options
 @click.option("--verbose", "-v", is_flag=True, help="Also print every task's result.")
 def check_cmd(inventory, limit, forks, tags, role_names, roles_dir, as_json, verbose,
@@ -290,8 +318,8 @@ def check_cmd(inventory, limit, forks, tags, role_names, roles_dir, as_json, ver
         if verbose and not as_json:
             task_line(result, True, False, verbose)
 
-    inv, results = run_setup(inventory, limit, forks, tags, role_names, roles_dir,
-                             ssh_settings(kwargs), True, listener)
+    inv, results = run_setup((inventory, *kwargs.pop("more_inventories")), limit, forks, tags,
+                             role_names, roles_dir, ssh_settings(kwargs), True, listener)
     table = readiness(results)
     if as_json:
         click.echo(json.dumps({"ready": table, "hosts": [r.as_dict() for r in results]},
@@ -307,14 +335,12 @@ def check_cmd(inventory, limit, forks, tags, role_names, roles_dir, as_json, ver
               help="Directory of roles [default: the roles shipped with provision].")
 def roles_cmd(names: tuple[str, ...], roles_dir: str | None) -> None:
     """List the roles, their tasks and the inventory vars that set their arguments."""
-    from provision.roles import ROLES_DIR, load_role
-    from provision.setup import SETUP_ORDER, role_names
+    from provision.roles import ROLES_DIR
+    from provision.setup import load_roles
 
     directory = Path(roles_dir) if roles_dir else ROLES_DIR
-    available = role_names(directory)
-    chosen = list(names) or sorted(available, key=lambda n: (SETUP_ORDER + (n,)).index(n))
     try:
-        roles = [load_role(name, directory) for name in chosen]
+        roles = load_roles(directory, names)
     except ProvisionError as exc:
         fail(str(exc))
     for role in roles:
@@ -322,7 +348,8 @@ def roles_cmd(names: tuple[str, ...], roles_dir: str | None) -> None:
         for name, setting in role.args.items():
             default = role.defaults.get(name)
             click.echo(f"  {name} ({setting.type}) = "
-                       + ("(unset)" if default is None else repr(default))
+                       + ("(required)" if name in role.required else
+                          "(unset)" if default is None else repr(default))
                        + (f"\n      {setting.help}" if setting.help else ""))
         click.echo("  tasks: " + ", ".join(t.name for t in role.tasks)
                    + (f"; cluster checks: {', '.join(role.cluster_checks)}"

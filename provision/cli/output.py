@@ -67,7 +67,8 @@ def recap(results: list[HostResult]) -> None:
 
 
 def readiness(results: list[HostResult]) -> dict[str, dict[str, str]]:
-    """host -> role -> "ready", "skipped", "not set up: ..." or "FAILED: ..." (from a check run)."""
+    """host -> role -> "ready", "skipped", "not set up: ..." or "FAILED: ..." (from a check run);
+    a host nothing was checked on is NOT CHECKED, never ready."""
     table: dict[str, dict[str, str]] = {}
     for r in results:
         row = table.setdefault(r.host, {})
@@ -76,6 +77,9 @@ def readiness(results: list[HostResult]) -> dict[str, dict[str, str]]:
             continue
         if r.interrupted:
             row["run"] = f"INTERRUPTED: {r.interrupted}"
+            continue
+        if not r.tasks:
+            row["tasks"] = "NOT CHECKED: no task ran on this host"
             continue
         for role in dict.fromkeys(t.role for t in r.tasks):
             tasks = [t for t in r.tasks if t.role == role]
@@ -94,11 +98,14 @@ def readiness(results: list[HostResult]) -> dict[str, dict[str, str]]:
 
 def readiness_exit_code(results: list[HostResult]) -> int:
     """0 when every host is ready, 130 if the run was interrupted, 4 if any host is unreachable,
-    else 3."""
+    else 3 (also when there is no host, or a host nothing was checked on: ready is never the
+    default)."""
     if any(r.interrupted for r in results):
         return EXIT_INTERRUPTED
     if any(r.unreachable for r in results):
         return 4
+    if not results or any(not r.tasks for r in results):
+        return 3
     if any(t.status in (Status.FAILED, Status.CHANGED) for r in results for t in r.tasks):
         return 3
     return 0
@@ -111,7 +118,7 @@ def readiness_table(table: dict[str, dict[str, str]]) -> None:
              for h, row in table.items()}
     widths = {role: max([len(role)] + [len(c[role]) for c in cells.values()]) for role in roles}
     colour = {"ready": "green", "skipped": "cyan", "FAILED": "red", "not set up": "yellow",
-              "UNREACHABLE": "magenta", "INTERRUPTED": "yellow"}
+              "UNREACHABLE": "magenta", "INTERRUPTED": "yellow", "NOT CHECKED": "red"}
     emit("HOST".ljust(width) + "  " + "  ".join(r.ljust(widths[r]) for r in roles))
     for host, row in cells.items():
         emit(host.ljust(width) + "  " + "  ".join(

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from provision import conda_installer
+from provision._shipped import shipped
 from provision.cluster_checks import cluster_check
 from provision.facts.conda import (
     LOCK_MARKER,
@@ -36,7 +37,7 @@ from provision.plan import Status, TaskResult
 from provision.relay.files import SharedFile
 from provision.settings import Setting
 
-DEFAULT_ENV_FILE = Path(__file__).resolve().parents[2] / "environment.yml"
+DEFAULT_ENV_FILE = shipped("environment.yml")   # package data; the repository's in a checkout
 TRAINING_GROUP = "training"
 PREFIX = Setting("prefix", "abspath", "where Miniconda is installed")
 

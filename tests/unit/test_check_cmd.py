@@ -56,7 +56,7 @@ def test_readiness_keeps_role_order_and_a_failure_beats_pending():
 
 
 @pytest.mark.parametrize("results, code", [
-    ([], 0),
+    ([], 3),                              # no host: nothing is ready
     ([READY, CPU], 0),
     ([READY, PENDING], 3),
     ([READY, BROKEN], 3),

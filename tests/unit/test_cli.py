@@ -69,7 +69,8 @@ def test_inventory_text(inventory):
     result = invoke("inventory", inventory)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[:4] == ["@all: g1, g2, c1", "@gpu: g1, g2", "@cpu: c1", "@empty: (no hosts)"]
+    assert lines[:5] == ["@all: g1, g2, c1", "@ungrouped: (no hosts)", "@gpu: g1, g2",
+                         "@cpu: c1", "@empty: (no hosts)"]
     assert "g1 (deploy@10.0.0.11:22)" in lines
     assert "g2 (deploy@10.0.0.12:2222)" in lines
     assert "c1 (deploy@10.0.0.21:22)" in lines
@@ -78,23 +79,44 @@ def test_inventory_text(inventory):
     assert "    note = '$(id)'" in lines[g2:g2 + 8]
 
 
-def test_inventory_json(inventory):
+def test_inventory_json_is_ansible_inventory_lists_shape(inventory):
     result = invoke("inventory", inventory, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert list(data["hosts"]) == ["g1", "g2", "c1"]
-    assert data["hosts"]["g2"] == {
-        "address": "10.0.0.12", "port": 2222, "user": "deploy", "groups": ["all", "gpu"],
-        "vars": {"user": "deploy", "cluster_cidr": "10.0.0.0/24", "gpus": 8,
-                 "address": "10.0.0.12", "port": 2222, "note": "$(id)"}}
-    assert data["groups"]["gpu"] == {"hosts": ["g1", "g2"], "children": [], "vars": {"gpus": 8}}
-    assert data["groups"]["all"]["children"] == ["gpu", "cpu", "empty"]
+    assert sorted(data) == ["_meta", "all", "cpu", "gpu"]      # empty groups left out
+    assert data["all"] == {"children": ["ungrouped", "gpu", "cpu", "empty"]}
+    assert data["gpu"] == {"hosts": ["g1", "g2"]}
+    # Each host's merged vars under the names the inventory wrote.
+    assert data["_meta"]["hostvars"]["g2"] == {
+        "user": "deploy", "cluster_cidr": "10.0.0.0/24", "gpus": 8,
+        "ansible_host": "10.0.0.12", "ansible_port": 2222, "note": "$(id)"}
+
+
+def test_inventory_of_several_sources(inventory, tmp_path):
+    more = tmp_path / "more.ini"
+    more.write_text("[gpu]\ng3 ansible_host=10.0.0.13\n[gpu:vars]\ngpus=4\n")
+    result = invoke("inventory", inventory, more, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["gpu"] == {"hosts": ["g1", "g2", "g3"]}
+    assert data["_meta"]["hostvars"]["g1"]["gpus"] == 4
+
+
+def test_inventory_warnings_go_to_stderr(tmp_path):
+    path = tmp_path / "hosts"
+    path.write_text("h1 ssh_kye=/k\n")
+    result = CliRunner(mix_stderr=False).invoke(main, ["inventory", str(path)]) \
+        if "mix_stderr" in CliRunner.__init__.__code__.co_varnames else \
+        CliRunner().invoke(main, ["inventory", str(path)])
+    assert result.exit_code == 0
+    assert "warning: " in result.stderr and "did you mean 'ssh_key'?" in result.stderr
+    assert "warning" not in result.stdout
 
 
 def test_inventory_limit(inventory):
     result = invoke("inventory", inventory, "--json", "--limit", "c1,g2")
     assert result.exit_code == 0
-    assert list(json.loads(result.output)["hosts"]) == ["g2", "c1"]
+    assert sorted(json.loads(result.output)["_meta"]["hostvars"]) == ["c1", "g2"]
 
 
 def test_inventory_limit_from_retry_file(inventory, tmp_path):
@@ -102,7 +124,8 @@ def test_inventory_limit_from_retry_file(inventory, tmp_path):
     retry.write_text("g1\nc1\n")
     result = invoke("inventory", inventory, "--json", "--limit", f"@{retry}")
     assert result.exit_code == 0
-    assert list(json.loads(result.output)["hosts"]) == ["g1", "c1"]
+    data = json.loads(result.output)
+    assert sorted(data["_meta"]["hostvars"]) == ["c1", "g1"] and data["gpu"] == {"hosts": ["g1"]}
 
 
 def test_inventory_missing_retry_file(inventory, tmp_path):

@@ -29,7 +29,7 @@ CASES = {
     "alias_bomb": (BOMB.encode(), "(an alias bomb?)"),
     "group_cycle": (b"all:\n  hosts: {n1: {address: 10.0.0.1}}\n  children:\n    a:\n"
                     b"      children:\n        b:\n          children:\n            a: {}\n",
-                    ":7: group 'a' contains itself (all -> a -> b -> a)"),
+                    ":8: group 'a' contains itself (all -> a -> b -> a)"),
     "too_deep": (("all:\n  children:\n" + "".join(
         "  " * (i + 2) + f"g{i}:\n" + "  " * (i + 3) + "children:\n"
         for i in range(MAX_DEPTH + 5))).encode(), f"nested more than {MAX_DEPTH} levels"),
