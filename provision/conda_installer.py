@@ -81,13 +81,14 @@ _LOCK = threading.Lock()
 _LOADED: dict[tuple[str, str], Installer] = {}
 
 
-def resolve(path: str, url: str, sha256: str, cache_dir: Path = CACHE_DIR) -> Installer:
+def resolve(path: str, url: str, sha256: str, cache_dir: Path | None = None) -> Installer:
     """The installer from `path` (a controller file) or else `url` (downloaded once, cached),
     whose content must have `sha256`."""
     with _LOCK:
         key = (path or url, sha256)
         if key not in _LOADED:
-            local = Path(path).expanduser() if path else _download(url, sha256, cache_dir)
+            local = Path(path).expanduser() if path else _download(url, sha256,
+                                                                   cache_dir or CACHE_DIR)
             try:
                 data = local.read_bytes()
             except OSError as exc:
@@ -96,9 +97,14 @@ def resolve(path: str, url: str, sha256: str, cache_dir: Path = CACHE_DIR) -> In
             if actual != sha256:
                 raise InstallerError(f"installer {local} has sha256 {actual}, expected {sha256}; "
                                      f"refusing to install it")
-            name = Path(path).name if path else url.rstrip("/").rsplit("/", 1)[-1]
-            _LOADED[key] = Installer(name or "miniconda-installer.sh", sha256, data)
+            _LOADED[key] = Installer(installer_name(path, url), sha256, data)
         return _LOADED[key]
+
+
+def installer_name(path: str, url: str) -> str:
+    """The installer's file name: the controller file's, or the URL's last part."""
+    name = Path(path).name if path else url.rstrip("/").rsplit("/", 1)[-1]
+    return name or "miniconda-installer.sh"
 
 
 def _download(url: str, sha256: str, cache_dir: Path) -> Path:

@@ -12,7 +12,7 @@ import threading
 import traceback
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from provision.connection import CommandResult, ConnectOptions, HostConnection, RemoteProcess
 from provision.errors import HostUnreachable, Interrupted, ProvisionError
@@ -26,6 +26,14 @@ from provision.relay import Relay
 from provision.roles import Role, Task, check_args, evaluate, render
 
 Listener = Callable[[TaskResult], None]
+
+
+class Progress(Protocol):
+    """Hears where each host is (the live view): a task begun, a host with nothing more to do."""
+
+    def started(self, host: str, role: str, task: str) -> None: ...
+
+    def host_done(self, host: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -52,9 +60,15 @@ class HostSession:
         self.facts: dict[Fact, Any] = {}          # the latest value of every fact gathered
         self.tasks: list[TaskResult] = []         # this run's task results on the host
         self.current: tuple[str, str] | None = None   # (role, task) being worked on, if any
+        self.progress: Progress | None = None
         self.lock = lock                          # the host lock this run must hold first
         # The command holding the lock, kept referenced: paramiko closes a collected channel.
         self._lock_holder: RemoteProcess | None = None
+
+    def begin(self, role: str, task: str) -> None:
+        self.current = (role, task)
+        if self.progress is not None:
+            self.progress.started(self.connection.host.name, role, task)
 
     def changed(self, role: str) -> bool:
         return any(t.role == role and t.status is Status.CHANGED for t in self.tasks)
@@ -151,7 +165,7 @@ def run_roles(session: HostSession, inventory: Inventory, roles: list[Role],
     changed: set[tuple[str, str]] = set()
     failed_roles: set[str] = set()
     for index, (role, task, args, ctx) in enumerate(bound):
-        session.current = (role.name, task.name)
+        session.begin(role.name, task.name)
         if role.name in failed_roles:
             report(TaskResult(host.name, role.name, task.name, Status.SKIPPED,
                               "an earlier task of this role failed"))
@@ -246,11 +260,12 @@ def run_on_hosts(hosts: list[Host], options: ConnectOptions, forks: int,
                  after_all: Callable[[dict[str, HostSession], dict[str, HostResult]], None]
                  | None = None, stop: threading.Event | None = None,
                  lock: LockRequest | None = None,
-                 listener: Listener | None = None) -> list[HostResult]:
+                 listener: Listener | None = None,
+                 progress: Progress | None = None) -> list[HostResult]:
     """Run `work` on every host in parallel (at most `forks` at once), one connection each,
     then `after_all` over the connections still open (cross-host checks), then close them.
     With `lock`, each host's lock is held from the first round trip to the end. `listener`
-    hears of the failures this function itself records.
+    hears of the failures this function itself records; `progress` of each host's tasks.
 
     A host that cannot be reached, or whose connection dies, is UNREACHABLE; a host whose work
     raised anything else is FAILED; the others finish either way. Once `stop` is set (Ctrl-C),
@@ -261,6 +276,7 @@ def run_on_hosts(hosts: list[Host], options: ConnectOptions, forks: int,
     results = {h.name: HostResult(h.name) for h in hosts}
     for name, session in sessions.items():
         session.tasks = results[name].tasks
+        session.progress = progress
 
     def report(result: TaskResult) -> None:
         results[result.host].tasks.append(result)
@@ -281,6 +297,9 @@ def run_on_hosts(hosts: list[Host], options: ConnectOptions, forks: int,
             result.unreachable = str(exc)
         except Exception as exc:  # noqa: BLE001 - one host's error must not stop the others
             report(failed(host.name, *(session.current or ("provision", "run")), exc))
+        finally:
+            if progress is not None:
+                progress.host_done(host.name)
 
     def checks() -> None:
         reachable = {n: s for n, s in sessions.items()

@@ -16,7 +16,8 @@ import click
 from provision import __version__
 from provision.cli.interrupt import stop_on_signals
 from provision.cli.output import (emit, host_output, readiness, readiness_exit_code,
-                                  readiness_table, recap, task_line)
+                                  readiness_table, recap)
+from provision.cli.task_output import TaskOutput, quiet_option
 from provision.connection import SUDO_PASSWORD_ENV, ConnectOptions
 from provision.errors import InventoryError, ProvisionError
 from provision.inventory import Inventory, load_inventory
@@ -222,10 +223,11 @@ def role_options(command):
 
 
 def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: bool,
-              listener, transfers: Callable[[list[dict]], None] | None = None,
+              output: TaskOutput, transfers: Callable[[list[dict]], None] | None = None,
               wait_for_lock: bool | None = None) -> tuple[Inventory, list[HostResult]]:
-    """Run the roles; `transfers` is given the relay's report (the files every host needed).
-    With `wait_for_lock` (True: wait, False: fail), each host's run lock is held throughout."""
+    """Run the roles, their results shown by `output`; `transfers` is given the relay's report
+    (the files every host needed). With `wait_for_lock` (True: wait, False: fail), each host's
+    run lock is held throughout."""
     from provision.host_lock import LockRequest
     from provision.relay import Relay
     from provision.relay.firewall import firewall_peers
@@ -255,7 +257,7 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
     relay = Relay(lambda: firewall_peers(inv, hosts, directory), len(hosts))
 
     def work(session: HostSession, out: list[TaskResult]) -> None:
-        run_roles(session, inv, roles, run_options, listener, out, relay)
+        run_roles(session, inv, roles, run_options, output, out, relay)
         if session.round_trips == 0:
             # No task needed the host (every one skipped): reach it anyway, so a host that does
             # not answer is UNREACHABLE, never ok or ready.
@@ -263,13 +265,14 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
 
     def after_all(sessions: dict[str, HostSession], by_host: dict[str, HostResult]) -> None:
         relay.close()     # the hosts' copies go before the cross-host checks
-        run_cluster_checks(sessions, by_host, inv, roles, run_options, listener)
+        run_cluster_checks(sessions, by_host, inv, roles, run_options, output)
 
     lock = None if wait_for_lock is None else LockRequest.for_this_run(
         wait_for_lock, lambda host, message: emit(f"{host}: {message}", err=True))
-    with stop_on_signals() as stop:
+    shown = [r.name for r in selected_roles(roles, run_options.tags)]
+    with stop_on_signals() as stop, output.watching(shown, [h.name for h in hosts]) as progress:
         results = run_on_hosts(hosts, options, forks, work, after_all, stop=stop, lock=lock,
-                               listener=listener)
+                               listener=output, progress=progress)
     if transfers is not None:
         transfers(relay.report())
     return inv, results
@@ -283,23 +286,25 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
 @click.option("--diff", is_flag=True, help="Show the changes to files.")
 @role_options
 @click.option("--verbose", "-v", is_flag=True,
-              help="Also print skipped tasks, and where an unexpected error was raised.")
+              help="Also print OK tasks on a terminal (above the live view), skipped tasks, "
+                   "and where an unexpected error was raised.")
+@quiet_option
 @click.option("--no-wait", is_flag=True,
               help="Fail a host at once (exit 3) when another run holds its lock, instead of "
                    "waiting for that run to end.")
 def setup_cmd(inventory, limit, forks, check, diff, tags, role_names, roles_dir, as_json,
-              verbose, no_wait, **kwargs) -> None:
+              verbose, quiet, no_wait, **kwargs) -> None:
     """Make every host ready for training (idempotent; --check changes nothing).
+
+    On a terminal, a live view shows each role's progress, with changes and failures printed
+    above it; off a terminal, every task is a plain line.
 
     A run holds a lock on each host (not with --check), so two runs, even from two
     controllers, never change a host at once: the second waits, naming the first."""
-    def listener(result: TaskResult) -> None:
-        if not as_json and (verbose or result.status is not Status.SKIPPED):
-            task_line(result, check, diff, verbose)
-
+    output = TaskOutput(check, diff, verbose, quiet, as_json, every_task=True)
     transfers: list[dict] = []
     inv, results = run_setup((inventory, *kwargs.pop("more_inventories")), limit, forks, tags,
-                             role_names, roles_dir, ssh_settings(kwargs), check, listener,
+                             role_names, roles_dir, ssh_settings(kwargs), check, output,
                              transfers.extend,
                              wait_for_lock=None if check else not no_wait)
     finish(inv, results, as_json, transfers)
@@ -311,15 +316,14 @@ def setup_cmd(inventory, limit, forks, check, diff, tags, role_names, roles_dir,
 @more_inventories
 @role_options
 @click.option("--verbose", "-v", is_flag=True, help="Also print every task's result.")
-def check_cmd(inventory, limit, forks, tags, role_names, roles_dir, as_json, verbose,
+@quiet_option
+def check_cmd(inventory, limit, forks, tags, role_names, roles_dir, as_json, verbose, quiet,
               **kwargs) -> None:
-    """Verify every host is ready (changes nothing): a host x role table; exit 3 if not."""
-    def listener(result: TaskResult) -> None:
-        if verbose and not as_json:
-            task_line(result, True, False, verbose)
-
+    """Verify every host is ready (changes nothing): a host x role table; exit 3 if not.
+    On a terminal, a live view shows each role's progress while the hosts are read."""
+    output = TaskOutput(True, False, verbose, quiet, as_json, every_task=False)
     inv, results = run_setup((inventory, *kwargs.pop("more_inventories")), limit, forks, tags,
-                             role_names, roles_dir, ssh_settings(kwargs), True, listener)
+                             role_names, roles_dir, ssh_settings(kwargs), True, output)
     table = readiness(results)
     if as_json:
         click.echo(json.dumps({"ready": table, "hosts": [r.as_dict() for r in results]},

@@ -26,17 +26,29 @@ def status_word(status: Status, check: bool = False) -> str:
     return click.style(word, fg=COLOURS[status], bold=status is Status.FAILED)
 
 
-def task_line(result: TaskResult, check: bool, show_diff: bool, verbose: bool = False) -> None:
-    emit(f"{status_word(result.status, check)} {result.host} [{result.role}] {result.task}: "
-         f"{result.message}")
+def task_text(result: TaskResult, check: bool, show_diff: bool) -> str:
+    """A task's line, with its diff and the end of a failure's output."""
+    lines = [f"{status_word(result.status, check)} {result.host} [{result.role}] {result.task}: "
+             f"{result.message}"]
     if show_diff and result.diff:
-        emit("".join(f"    {line}" for line in result.diff.splitlines(keepends=True)).rstrip())
+        lines.append("".join(f"    {line}" for line in
+                             result.diff.splitlines(keepends=True)).rstrip())
     if result.status is Status.FAILED and result.output:
-        for line in result.output.strip().splitlines()[-10:]:
-            emit(f"    {result.host} | {line}")
-    if verbose and result.traceback:
-        for line in result.traceback.rstrip().splitlines():
-            emit(f"    {result.host} | {line}", err=True)
+        lines += [f"    {result.host} | {line}"
+                  for line in result.output.strip().splitlines()[-10:]]
+    return "\n".join(lines)
+
+
+def traceback_lines(result: TaskResult) -> list[str]:
+    """Where an unexpected error was raised (shown with -v)."""
+    return [f"    {result.host} | {line}" for line in (result.traceback or "").rstrip().splitlines()]
+
+
+def task_line(result: TaskResult, check: bool, show_diff: bool, verbose: bool = False) -> None:
+    emit(task_text(result, check, show_diff))
+    if verbose:
+        for line in traceback_lines(result):
+            emit(line, err=True)
 
 
 def host_output(host: str, width: int):

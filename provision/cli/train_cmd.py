@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from provision.cli import (connect_options, emit, fail, open_inventory, ssh_options,
                            ssh_settings)
@@ -19,10 +20,11 @@ from provision.errors import HostUnreachable, ProvisionError
 from provision.relay import Relay
 from provision.relay.firewall import firewall_peers
 from provision.relay.report import describe
+from provision.roles import load_role
 from provision.runner import HostSession
 from provision.train import build_train_config, node_command
 from provision.train.launch import Job, JobResult, write_summary
-from provision.train.prelaunch import DEFAULT_MAX_SKEW_MS, check_nodes
+from provision.train.prelaunch import check_nodes
 from provision.train.staging import plan_staging, stage_all
 
 DEFAULT_RUN_DIR = "/tmp/provision-runs"
@@ -117,6 +119,8 @@ def train_cmd(script, script_args, inventory, limit, forks, group, nproc_per_nod
               forward_env, sync_dir, python, grace, runs_dir, dry_run, detach, **kwargs) -> None:
     """Run a script with torchrun on every training node (exit code: the job's)."""
     from provision.setup import known_settings
+    if click.get_current_context().get_parameter_source("forks") is ParameterSource.COMMANDLINE:
+        fail("--forks: train reaches every node at once (a job needs all of its nodes)")
     ssh = ssh_settings(kwargs)
     inv, hosts = open_inventory(inventory, limit, known_settings(), ssh["extra_vars"])
     if group is None:
@@ -143,7 +147,7 @@ def train_cmd(script, script_args, inventory, limit, forks, group, nproc_per_nod
         # The training files cross the controller's link about once (provision/relay).
         relay = Relay(lambda: firewall_peers(inv, config.nodes), len(config.nodes))
         code = _run(config, sessions, staging, dry_run, grace, Path(runs_dir), inv.path, detach,
-                    relay)
+                    relay, built_env=python is None)
     except HostUnreachable as exc:
         fail(f"{exc}", 4)
     except KeyboardInterrupt:
@@ -155,9 +159,14 @@ def train_cmd(script, script_args, inventory, limit, forks, group, nproc_per_nod
 
 
 def _run(config, sessions, staging, dry_run, grace, runs_dir: Path, inventory: Path,
-         detach: bool, relay: Relay | None = None) -> int:
-    max_skew = float(config.master.vars.get("ntp_max_skew_ms", DEFAULT_MAX_SKEW_MS))
-    reports = check_nodes(sessions, config, staging.source is None, max_skew)
+         detach: bool, relay: Relay | None = None, built_env: bool = True) -> int:
+    # One limit for setup's check and train's: the ntp role's (its default, or the inventory's).
+    max_skew = float(config.master.vars.get("ntp_max_skew_ms",
+                                            load_role("ntp").defaults["ntp_max_skew_ms"]))
+    if not built_env:
+        emit(f"--python {config.python}: not setup's environment, so its lock is not checked; "
+             "python, torch, CUDA and NCCL versions are compared across the nodes", err=True)
+    reports = check_nodes(sessions, config, staging.source is None, max_skew, built_env)
     commands = {n.name: node_command(config, n, reports[n.name].ifname) for n in config.nodes}
     problems = [(name, p) for name, r in reports.items() for p in r.problems]
     if dry_run:

@@ -103,6 +103,35 @@ class EnvVersions:
                 f"lock {(self.lock_sha256 or 'none')[:12]}")
 
 
+FIELDS = ("python", "torch", "cuda", "nccl", "cuda_available", "lock_sha256")
+
+
+def differences(reports: dict[str, EnvVersions]) -> list[str]:
+    """'field: host=value, ...' for every field in which the hosts' environments differ."""
+    found = []
+    for field in FIELDS:
+        values = {host: getattr(report, field) for host, report in reports.items()}
+        if len(set(values.values())) > 1:
+            found.append(f"{field}: " + ", ".join(f"{h}={v}" for h, v in values.items()))
+    return found
+
+
+@dataclass(frozen=True)
+class PythonVersions(Fact):
+    """What `python` runs, asked of it (an environment provision did not build has no record):
+    python, torch, CUDA and NCCL versions and GPU availability."""
+
+    python: str
+
+    def command(self) -> str:
+        return shlex.join([self.python, "-B", "-c", VERSIONS_SCRIPT])
+
+    def parse(self, stdout: str, rc: int) -> EnvVersions:
+        lines = stdout.strip().splitlines()
+        return _versions(None, lines[-1] if rc == 0 and lines else "",
+                         f"{self.python} did not run (exit code {rc})")
+
+
 # Written by the environment's build (conda_env), just before the lock marker: the versions
 # change only when the environment does, so runs with nothing to change read this file instead of
 # importing torch on every host.
@@ -126,11 +155,17 @@ class EnvTorchVersions(Fact):
         lock = lines[0].split()[1] if lines and len(lines[0].split()) == 2 else None
         if rc == 3:
             return EnvVersions(lock, error=f"no environment built by provision at {self.path}")
-        try:
-            values = json.loads(lines[-1]) if rc == 0 and len(lines) > 1 else None
-        except json.JSONDecodeError:
-            values = None
-        if not isinstance(values, dict):
-            return EnvVersions(lock, error=f"{self.path}/{VERSIONS_RECORD} is unreadable")
-        return EnvVersions(lock, **{k: values.get(k) for k in
-                                    ("python", "torch", "cuda", "nccl", "cuda_available", "error")})
+        return _versions(lock, lines[-1] if rc == 0 and len(lines) > 1 else "",
+                         f"{self.path}/{VERSIONS_RECORD} is unreadable")
+
+
+def _versions(lock: str | None, line: str, unreadable: str) -> EnvVersions:
+    """VERSIONS_SCRIPT's JSON line, or the error `unreadable` when it is not one."""
+    try:
+        values = json.loads(line) if line else None
+    except json.JSONDecodeError:
+        values = None
+    if not isinstance(values, dict):
+        return EnvVersions(lock, error=unreadable)
+    return EnvVersions(lock, **{k: values.get(k) for k in
+                                ("python", "torch", "cuda", "nccl", "cuda_available", "error")})

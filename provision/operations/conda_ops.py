@@ -22,6 +22,7 @@ from provision.facts.conda import (
     VERSIONS_SCRIPT,
     EnvTorchVersions,
     EnvVersions,
+    differences,
 )
 from provision.facts.system import Os
 from provision.operations.base import (
@@ -116,15 +117,19 @@ def conda_install(args: dict, facts: FactValues, ctx: HostContext):
                 return Failure("conda_installer_path is a file on the controller, but "
                                "conda_installer_source is hosts: each host downloads "
                                "conda_installer_url itself; unset one of them")
-            name = url.rstrip("/").rsplit("/", 1)[-1] or "miniconda-installer.sh"
+            name = conda_installer.installer_name("", url)
             return Change(f"{what}, downloaded by the host from {url}",
                           (Command(download_script(prefix, url, name, sha256, info.exists)),))
-        installer = conda_installer.resolve(args.get("installer_path") or "", url, sha256)
+        path = args.get("installer_path") or ""
+        if path:      # a file on the controller: checked now, before any host is changed
+            conda_installer.resolve(path, url, sha256)
     except conda_installer.InstallerError as exc:
         return Failure(str(exc))
+    # Downloaded when the relay first needs its bytes: never by --check, which only plans.
     # Beside the prefix: the space preflight checked, and not a small or noexec /tmp.
-    shared = SharedFile(installer.name, sha256, posixpath.dirname(prefix.rstrip("/")) or "/",
-                        lambda: installer.data)
+    shared = SharedFile(conda_installer.installer_name(path, url), sha256,
+                        posixpath.dirname(prefix.rstrip("/")) or "/",
+                        lambda: conda_installer.resolve(path, url, sha256).data)
     return Change(what, (Command(install_script(prefix, shared.path, sha256, info.exists),
                                  needs=shared),))
 
@@ -214,19 +219,6 @@ def conda_env(args: dict, facts: FactValues, ctx: HostContext):
                         posixpath.dirname(args["prefix"].rstrip("/")) or "/", lambda: data)
     return Change(what, (Command(env_script(conda, path, sha256, action, shared.path, explicit),
                                  needs=shared),))
-
-
-FIELDS = ("python", "torch", "cuda", "nccl", "cuda_available", "lock_sha256")
-
-
-def differences(reports: dict[str, EnvVersions]) -> list[str]:
-    """'field: host=value, ...' for every field in which the hosts' environments differ."""
-    found = []
-    for field in FIELDS:
-        values = {host: getattr(report, field) for host, report in reports.items()}
-        if len(set(values.values())) > 1:
-            found.append(f"{field}: " + ", ".join(f"{h}={v}" for h, v in values.items()))
-    return found
 
 
 @cluster_check("conda_env_versions")

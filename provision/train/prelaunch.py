@@ -11,14 +11,12 @@ from dataclasses import dataclass, field
 
 from provision.clock_skew import ClockReading, parse_remote_ns, skew_verdict
 from provision.facts.base import Fact
+from provision.facts.conda import LOCK_MARKER, EnvVersions, PythonVersions, differences
 from provision.facts.files import PathState
 from provision.facts.net import PortFree, RouteInterface
 from provision.runner import HostSession
 from provision.train.config import TrainConfig
 
-# Written by the conda role, last, in the environment's prefix.
-LOCK_MARKER = ".provision-lock-sha256"
-DEFAULT_MAX_SKEW_MS = 500.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +47,7 @@ class NodeReport:
     clock: ClockReading
     ifname: str | None = None
     lock_hash: str | None = None
+    versions: EnvVersions | None = None         # what --python runs (not setup's environment)
     problems: list[str] = field(default_factory=list)
 
 
@@ -56,11 +55,14 @@ def env_prefix(python: str) -> str:
     return os.path.dirname(os.path.dirname(python))
 
 
-def _inspect(session: HostSession, config: TrainConfig, script_in_place: bool) -> NodeReport:
+def _inspect(session: HostSession, config: TrainConfig, script_in_place: bool,
+             built_env: bool) -> NodeReport:
     host = session.connection.host
     marker = os.path.join(env_prefix(config.python), LOCK_MARKER)
+    # An environment setup built has its lock marker; any other (--python) is asked what it runs.
+    env_fact = PathState(marker, True) if built_env else PythonVersions(config.python)
     facts: list[Fact] = [RemoteClock(), RouteInterface(config.master.address),
-                         Executable(config.python), PathState(marker, True)]
+                         Executable(config.python), env_fact]
     if host.name == config.master.name:
         facts.append(PortFree(config.master_port))
     if script_in_place:
@@ -76,12 +78,15 @@ def _inspect(session: HostSession, config: TrainConfig, script_in_place: bool) -
     if not values[Executable(config.python)]:
         report.problems.append(f"{config.python} does not exist: run `provision setup` "
                                "(conda role) or pass --python")
-    lock = values[PathState(marker, True)]
-    if lock is None or lock.content is None:
+    if not built_env:
+        report.versions = values[env_fact]
+        if report.versions.error and values[Executable(config.python)]:
+            report.problems.append(f"{config.python}: {report.versions.error}")
+    elif values[env_fact] is None or values[env_fact].content is None:
         report.problems.append(f"the training environment has no lock marker ({marker}): its "
                                "creation did not finish; run `provision setup --tags conda`")
     else:
-        report.lock_hash = lock.content.decode().strip()
+        report.lock_hash = values[env_fact].content.decode().strip()
     if PortFree(config.master_port) in values and not values[PortFree(config.master_port)]:
         report.problems.append(f"rendezvous port {config.master_port} is already in use on the "
                                "master (another job?): stop it or set rendezvous_port")
@@ -142,12 +147,19 @@ def _probe_port(sessions: dict[str, HostSession], config: TrainConfig,
 
 
 def check_nodes(sessions: dict[str, HostSession], config: TrainConfig, script_in_place: bool,
-                max_skew_ms: float = DEFAULT_MAX_SKEW_MS) -> dict[str, NodeReport]:
-    """Every node's report; an unreachable node raises HostUnreachable naming it."""
+                max_skew_ms: float, built_env: bool = True) -> dict[str, NodeReport]:
+    """Every node's report; an unreachable node raises HostUnreachable naming it. `built_env`:
+    the environment is setup's (its lock is compared across nodes); else (--python) the python,
+    torch, CUDA and NCCL versions it runs are."""
     with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
-        futures = {name: pool.submit(_inspect, s, config, script_in_place)
+        futures = {name: pool.submit(_inspect, s, config, script_in_place, built_env)
                    for name, s in sessions.items()}
         reports = {name: future.result() for name, future in futures.items()}
+    mismatch = differences({name: r.versions for name, r in reports.items()
+                            if r.versions is not None and not r.versions.error})
+    if mismatch:
+        for report in reports.values():
+            report.problems.append(f"the nodes' Pythons differ in {'; '.join(mismatch)}")
     hashes = {r.lock_hash for r in reports.values() if r.lock_hash}
     if len(hashes) > 1:
         for report in reports.values():

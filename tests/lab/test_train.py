@@ -151,6 +151,10 @@ def test_interrupt_leaves_no_process_and_other_jobs_survive(lab, make_inventory,
         gone = time.monotonic() - sent
         assert victim.returncode == 130, err
         assert "no process of the job is left" in err
+        # An intentional stop: one line per node, torchrun's reaction only in the node logs.
+        assert "Traceback" not in out + err and "SignalException" not in out + err, out + err
+        for host in hosts:
+            assert re.search(rf"^{host}\b.*stopped by Ctrl-C", out + err, re.M), out + err
         for host in hosts:
             assert job_processes(lab, host, victim_id) == []
             assert job_processes(lab, host, other_id), "the other job was torn down too"

@@ -177,3 +177,11 @@ def test_unknown_command():
     result = invoke("inventroy")
     assert result.exit_code == 2
     assert "No such command 'inventroy'" in result.output
+
+
+def test_train_refuses_forks_instead_of_ignoring_it(inventory, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("print('hi')\n")
+    result = invoke("train", "-i", str(inventory), "--forks", "2", str(script))
+    assert result.exit_code == 2
+    assert "--forks: train reaches every node at once" in result.output

@@ -28,7 +28,8 @@ from provision.facts.files import PathState
 from provision.facts.system import Os, OsInfo
 from provision.inventory import Host
 from provision.operations import REGISTRY, Change, Failure, HostContext, NoChange
-from provision.operations.conda_ops import DEFAULT_ENV_FILE, differences, env_path
+from provision.facts.conda import differences
+from provision.operations.conda_ops import DEFAULT_ENV_FILE, env_path
 from provision.relay.scripts import direct_script
 from provision.roles import load_role
 
@@ -360,3 +361,21 @@ def test_explicit_lock_is_built_as_written_and_rebuilt_when_it_changes(tmp_path,
     assert [p.name for p in (path / "conda-meta").glob("pytorch-*.json")] == \
         ["pytorch-2.5.0-py3.11_cuda12.4_cudnn9.1.0_0.json"]
     assert isinstance(plan_env(conda_root, lock), NoChange)
+
+
+def test_planning_from_a_url_downloads_nothing_until_the_installer_is_needed(tmp_path, server,
+                                                                              monkeypatch):
+    """--check only plans: it must not download the installer (issue 10)."""
+    base, www, requests = server
+    data = b"#!/bin/sh\necho installer\n"
+    (www / "Miniconda3-test.sh").write_bytes(data)
+    monkeypatch.setattr(conda_installer, "_LOADED", {})
+    monkeypatch.setattr(conda_installer, "CACHE_DIR", tmp_path / "cache")
+    args = {"prefix": str(tmp_path / "opt" / "miniconda3"), "version": "py311_24.7.1-0",
+            "url": base + "Miniconda3-test.sh", "installer_path": "",
+            "sha256": hashlib.sha256(data).hexdigest()}
+    outcome = plan_install(args)
+    assert isinstance(outcome, Change) and requests == []
+    (command,) = outcome.commands
+    assert command.needs.name == "Miniconda3-test.sh"
+    assert command.needs.load() == data and len(requests) == 1

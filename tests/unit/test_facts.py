@@ -24,6 +24,9 @@ def captured(name: str):
     spec = yaml.safe_load((folder / "fact.yaml").read_text())
     args = {k: tuple(v) if isinstance(v, list) else v for k, v in spec["args"].items()}
     fact = FACTS[spec["fact"]](**args)
+    assert fact.command() == (folder / "command").read_text(), \
+        f"{spec['fact']}'s command changed since {name} was captured: recapture it " \
+        "(python tests/fixtures/facts/capture.py)"
     stdout = (folder / "stdout").read_text()
     rc = int((folder / "rc").read_text())
     return fact, fact.parse(stdout, rc)
@@ -218,3 +221,8 @@ def test_base64_content_roundtrip_through_real_sh(tmp_path):
     info = PathState(str(target), with_content=True).parse(stdout, rc)
     assert info.content == data
     assert stdout.splitlines()[2] == base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize("name", sorted(p.parent.name for p in FIXTURES.glob("*/fact.yaml")))
+def test_every_fixture_was_captured_with_its_facts_current_command(name):
+    captured(name)       # fails, naming the fixture, when the fact's command has moved on

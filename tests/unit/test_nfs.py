@@ -327,6 +327,9 @@ class FactHost:
         self.values, self.commands, self.round_trips = values, [], 0
         self._changed = changed
 
+    def begin(self, role: str, task: str) -> None:
+        """A task starts (HostSession.begin tells the live view)."""
+
     def changed(self, role: str) -> bool:
         """Whether this run changed anything of `role` on the host (HostSession.changed)."""
         return self._changed

@@ -326,3 +326,29 @@ def test_model_mismatch():
     assert warning is not None
     assert "NVIDIA A100-SXM4-80GB on node1, node3" in warning
     assert "NVIDIA H100 80GB HBM3 on node2" in warning
+
+
+class GpuSession:
+    """A host of the run for the cross-host check: what the run read there, its round trips."""
+
+    def __init__(self, name: str, gpus: int, facts: dict):
+        self.connection = type("Connection", (), {"host": type("Host", (), {
+            "name": name, "vars": {"gpus": gpus}})()})()
+        self.facts = facts
+        self.round_trips = 0
+
+    def gather(self, facts):
+        self.round_trips += 1
+        return {fact: fixture_report("t4x1") for fact in facts}
+
+
+def test_gpu_models_reads_the_runs_facts_without_another_round_trip():
+    from provision.operations.nvidia_checks import gpu_models
+    role = type("Role", (), {"name": "nvidia"})()
+    sessions = {"g1": GpuSession("g1", 8, {NvidiaGpus(): fixture_report("a100x8")}),
+                "g2": GpuSession("g2", 8, {NvidiaGpus(): fixture_report("h100x8")}),
+                "g3": GpuSession("g3", 1, {})}          # not read yet: read once
+    results = gpu_models(sessions, None, role, False)
+    assert [s.round_trips for s in sessions.values()] == [0, 0, 1]
+    assert {r.host for r in results} == {"g1", "g2", "g3"}
+    assert all("warning" in r.message for r in results)

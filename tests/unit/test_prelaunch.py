@@ -4,14 +4,17 @@ sessions whose gather() answers with canned fact values."""
 
 from __future__ import annotations
 
+import platform
 import re
 import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
 import pytest
 
 from provision.facts.base import batch_script, split_batch_output
+from provision.facts.conda import EnvVersions, PythonVersions
 from provision.facts.files import PathInfo, PathState
 from provision.facts.net import PortFree, RouteInterface
 from provision.inventory import Host
@@ -75,8 +78,9 @@ class FakeSession:
 
     def __init__(self, host: Host, *, skew: float = 0.0, route: str | None = "eth0",
                  python_ok: bool = True, lock: str | None = "a" * 64, port_free: bool = True,
-                 script_there: bool = True):
+                 script_there: bool = True, versions: EnvVersions | None = None):
         self.host = host
+        self.versions = versions
         self.skew, self.route, self.python_ok = skew, route, python_ok
         self.lock, self.port_free, self.script_there = lock, port_free, script_there
         self.asked: list = []
@@ -97,6 +101,8 @@ class FakeSession:
             return self.python_ok
         if isinstance(fact, PortFree):
             return self.port_free
+        if isinstance(fact, PythonVersions) and self.versions is not None:
+            return self.versions
         if isinstance(fact, PathState) and fact.path == MARKER:
             if self.lock is None:
                 return None
@@ -119,9 +125,9 @@ def config_for(hosts, script="/shared/train.py"):
                               workdir="/runs/r1")
 
 
-def check(sessions, script_in_place=False, hosts=HOSTS, **kwargs):
+def check(sessions, script_in_place=False, hosts=HOSTS, max_skew_ms=500.0, **kwargs):
     by_name = {s.host.name: s for s in sessions}
-    return check_nodes(by_name, config_for(hosts), script_in_place, **kwargs)
+    return check_nodes(by_name, config_for(hosts), script_in_place, max_skew_ms, **kwargs)
 
 
 def test_single_healthy_node_has_no_problems_and_no_probe():
@@ -180,6 +186,45 @@ def test_equal_lock_hashes_pass_and_different_ones_fail_on_every_node():
         assert report.problems == [
             f"training environments differ between nodes (lock {locks[name]}): run "
             "`provision setup --tags conda` so every node has the same lock"]
+
+
+TORCH = EnvVersions(None, "3.11.9", "2.13.0", "12.4", "2.21.5", True)
+
+
+def test_with_python_the_versions_are_compared_and_no_lock_is_asked_for():
+    """--python names an environment setup did not build: no lock marker to demand (issue 10);
+    what it runs is compared across the nodes instead."""
+    sessions = [FakeSession(HOSTS[0], lock=None, versions=TORCH)]
+    reports = check(sessions, hosts=HOSTS[:1], built_env=False)
+    assert reports["node1"].problems == []
+    assert PythonVersions(PYTHON) in sessions[0].asked
+    assert not any(isinstance(f, PathState) for f in sessions[0].asked)
+    older = EnvVersions(None, "3.11.9", "2.12.0", "12.4", "2.21.5", True)
+    reports = check([FakeSession(h, lock=None, versions=older if h.name == "node2" else TORCH)
+                     for h in HOSTS], built_env=False)
+    for report in reports.values():
+        assert report.problems == ["the nodes' Pythons differ in torch: node1=2.13.0, "
+                                   "node2=2.12.0, node3=2.13.0"]
+
+
+def test_the_versions_fact_asks_the_python_itself():
+    done = subprocess.run(["sh", "-c", PythonVersions(sys.executable).command()],
+                          capture_output=True, text=True, check=False)
+    versions = PythonVersions(sys.executable).parse(done.stdout, done.returncode)
+    assert versions.error is None and versions.torch.startswith("2.")
+    assert versions.python == platform.python_version()
+    gone = PythonVersions("/nonexistent/bin/python")
+    done = subprocess.run(["sh", "-c", gone.command()], capture_output=True, text=True,
+                          check=False)
+    assert gone.parse(done.stdout, done.returncode).error == \
+        "/nonexistent/bin/python did not run (exit code 127)"
+
+
+def test_with_python_an_env_without_torch_is_named():
+    broken = EnvVersions(None, "3.11.9", error="cannot import torch: No module named 'torch'")
+    reports = check([FakeSession(HOSTS[0], lock=None, versions=broken)], hosts=HOSTS[:1],
+                    built_env=False)
+    assert reports["node1"].problems == [f"{PYTHON}: cannot import torch: No module named 'torch'"]
 
 
 def test_a_missing_lock_is_not_also_a_difference():
