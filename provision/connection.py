@@ -254,11 +254,14 @@ class HostConnection:
 
     # -- running ----------------------------------------------------------------------------
     def start(self, command: str | list[str], *, sudo: bool = False,
-              stdin: bytes | None = None, hold_stdin: bool = False) -> "RemoteProcess":
+              stdin: bytes | None = None, hold_stdin: bool = False,
+              on_sent: Callable[[int, int], None] | None = None) -> "RemoteProcess":
         """Start a command; the caller reads it with RemoteProcess.wait. The channel's stdin
         stays open until the channel closes: a supervised command (the default) reads `stdin`
         and then EOF, and is stopped when the channel closes. With `hold_stdin` the command
-        runs as it is, reads the held-open stdin itself and must watch it for EOF."""
+        runs as it is, reads the held-open stdin itself and must watch it for EOF. `on_sent`
+        hears (bytes of `stdin` sent, its size) as it goes (a big file's progress)."""
+        size = len(stdin or b"")
         exec_line = as_command(command)
         if not hold_stdin:
             marker = f"{COMMAND_ID_VAR}={secrets.token_hex(8)}"
@@ -272,7 +275,7 @@ class HostConnection:
             channel = transport.open_session(timeout=self.options.connect_timeout)
             channel.exec_command(exec_line)
             if stdin:
-                channel.sendall(stdin)
+                _send(channel, stdin, len(stdin) - size, on_sent)
         except (OSError, EOFError, paramiko.SSHException) as exc:
             if self._lost is not None:
                 raise self._lost from None
@@ -283,8 +286,9 @@ class HostConnection:
 
     def run(self, command: str | list[str], *, sudo: bool = False, stdin: bytes | None = None,
             timeout: float | None = None,
-            on_line: Callable[[str, str], None] | None = None) -> CommandResult:
-        process = self.start(command, sudo=sudo, stdin=stdin)
+            on_line: Callable[[str, str], None] | None = None,
+            on_sent: Callable[[int, int], None] | None = None) -> CommandResult:
+        process = self.start(command, sudo=sudo, stdin=stdin, on_sent=on_sent)
         return process.wait(timeout or self.options.command_timeout, on_line)
 
     def put(self, local: Path, remote: str) -> None:
@@ -337,6 +341,21 @@ def _alive(transport: paramiko.Transport | None) -> bool:
         return True
     except (OSError, EOFError, paramiko.SSHException):
         return False
+
+
+SEND_CHUNK = 1 << 20
+
+
+def _send(channel: paramiko.Channel, data: bytes, skip: int,
+          on_sent: Callable[[int, int], None] | None) -> None:
+    """All of `data`, telling `on_sent` how much of it, past its first `skip` bytes (sudo's
+    password), has gone."""
+    if on_sent is None:
+        channel.sendall(data)
+        return
+    for start in range(0, len(data), SEND_CHUNK):
+        channel.sendall(data[start:start + SEND_CHUNK])
+        on_sent(max(0, min(start + SEND_CHUNK, len(data)) - skip), len(data) - skip)
 
 
 class RemoteProcess:

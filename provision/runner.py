@@ -35,6 +35,8 @@ class Progress(Protocol):
 
     def host_done(self, host: str) -> None: ...
 
+    def sent(self, host: str, done: int, total: int) -> None: ...
+
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -64,6 +66,11 @@ class HostSession:
         self.lock = lock                          # the host lock this run must hold first
         # The command holding the lock, kept referenced: paramiko closes a collected channel.
         self._lock_holder: RemoteProcess | None = None
+
+    def on_sent(self) -> Callable[[int, int], None] | None:
+        """What hears how much of a big file has gone to this host (the live view), if any."""
+        progress, name = self.progress, self.connection.host.name
+        return None if progress is None else lambda done, total: progress.sent(name, done, total)
 
     def begin(self, role: str, task: str) -> None:
         self.current = (role, task)

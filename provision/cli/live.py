@@ -2,10 +2,11 @@
 
     preflight  ━━━━━━━━━━━━━━━━━━━━  16/16  changed 0  failed 0
     conda      ━━━━━━━━╸───────────   6/16  changed 6  failed 1  environment: 10 hosts, 2m13s (gpu07)
+    conda      ━━╸─────────────────   1/16  changed 1  failed 0  Miniconda installed: 15 hosts, 41s (gpu02, 96/141 MB sent)
 
 A role's bar counts the hosts done with it (or stopped before it by a failure); its last column
-names the task that the slowest hosts are on and for how long, so a long conda build is seen
-moving. CHANGED and FAILED lines print above the view as they happen, OK and SKIPPED ones only
+names the task that the slowest hosts are on and for how long (and how much of a file it needs
+has reached the slowest host, where one is being sent), so a long conda build is seen moving. CHANGED and FAILED lines print above the view as they happen, OK and SKIPPED ones only
 when verbose. Off a terminal none of this is used: plain lines stay greppable.
 """
 
@@ -57,6 +58,7 @@ class LiveView:
         self.clock = clock
         self._state = {role: _RoleState() for role in self.roles}
         self._current: dict[str, tuple[str, str, float]] = {}   # host -> (role, task, since)
+        self._sent: dict[str, tuple[int, int]] = {}    # host -> bytes of its task's file sent, size
         self._lock = threading.Lock()
         self._live: Live | None = None
 
@@ -67,6 +69,13 @@ class LiveView:
             if previous and previous[0] != role:
                 self._finish_roles_before(host, role)
             self._current[host] = (role, task, self.clock())
+            self._sent.pop(host, None)
+        self.refresh()
+
+    def sent(self, host: str, done: int, total: int) -> None:
+        """A file going to `host` for its current task (the installer, say): how much is there."""
+        with self._lock:
+            self._sent[host] = (done, total)
         self.refresh()
 
     def finished(self, result: TaskResult) -> None:
@@ -115,13 +124,16 @@ class LiveView:
                     Text(self._slowest(on_it, now), style="dim"))
         return table
 
-    @staticmethod
-    def _slowest(on_it: list[tuple[float, str, str]], now: float) -> str:
+    def _slowest(self, on_it: list[tuple[float, str, str]], now: float) -> str:
         if not on_it:
             return ""
         since, host, task = min(on_it)
         count = sum(1 for _, _, t in on_it if t == task)
-        return f"{task}: {count} host{'s' if count != 1 else ''}, {duration(now - since)} ({host})"
+        text = f"{task}: {count} host{'s' if count != 1 else ''}, {duration(now - since)} ({host}"
+        if host in self._sent:
+            done, total = self._sent[host]
+            text += f", {done / 2**20:.0f}/{total / 2**20:.0f} MB sent"
+        return text + ")"
 
     def refresh(self) -> None:
         if self._live is not None:

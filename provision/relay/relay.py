@@ -147,7 +147,7 @@ class Relay:
         script = direct_script(file.path, file.sha256, len(state.data), command.run)
         with self._cond:
             state.controller_bytes += len(state.data)
-        result = session.run(script, stdin=state.data)
+        result = session.run(script, stdin=state.data, on_sent=session.on_sent())
         if result.ok:
             with self._cond:
                 state.from_controller.append(session.connection.host.name)
@@ -224,7 +224,8 @@ class Relay:
         host = session.connection.host
         session.round_trips += 1
         keeper = Live(session.connection.start(keep_script(file.path, file.sha256, len(data)),
-                                               sudo=host.become, stdin=data, hold_stdin=True))
+                                               sudo=host.become, stdin=data, hold_stdin=True,
+                                               on_sent=session.on_sent()))
         answer = keeper.message(session.connection.options.command_timeout)
         if answer is None or "ok" not in answer:
             problem = keeper.problem(answer)

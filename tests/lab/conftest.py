@@ -8,9 +8,14 @@ session on this machine already uses them.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 from pathlib import Path
 
 import pytest
@@ -117,6 +122,37 @@ def installer_double(tmp_path_factory) -> Path:
     path.write_text(INSTALLER_DOUBLE.read_text().replace(
         "\nBASE_PYTHON=python3\n", f"\nBASE_PYTHON={sys.executable}\n", 1))
     return path
+
+
+def run_on_a_terminal(*args, columns: int = 120) -> tuple[int, str]:
+    """The CLI on a real pseudo-terminal, as a person runs it: its exit code and screen text."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(columns)}
+    env.pop("NO_COLOR", None)
+    process = subprocess.Popen([sys.executable, "-m", "provision", *map(str, args)],
+                               stdin=follower, stdout=follower, stderr=follower, env=env,
+                               close_fds=True)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError as exc:       # EIO: the terminal's other side is closed
+            if exc.errno != errno.EIO:
+                raise
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return process.wait(600), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.fixture
+def terminal():
+    """run_on_a_terminal, for tests: terminal("setup", inventory) -> (exit code, screen)."""
+    return run_on_a_terminal
 
 
 @pytest.fixture

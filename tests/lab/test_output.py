@@ -4,42 +4,10 @@ that a log keeps greppable; --quiet, failures and the recap only."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import os
-import pty
 import re
-import struct
-import subprocess
-import sys
-import termios
 
 TASK_LINE = re.compile(r"(OK|CHANGED|FAILED|SKIPPED|UNREACHABLE) \S+ \[\w+\] ")
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
-
-def on_a_terminal(*args: str, columns: int = 120) -> tuple[int, str]:
-    """The CLI on a real pseudo-terminal, as a person runs it: its exit code and screen text."""
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(columns)}
-    env.pop("NO_COLOR", None)
-    process = subprocess.Popen([sys.executable, "-m", "provision", *args], stdin=follower,
-                               stdout=follower, stderr=follower, env=env, close_fds=True)
-    os.close(follower)
-    chunks = []
-    while True:
-        try:
-            data = os.read(leader, 65536)
-        except OSError as exc:       # EIO: the terminal's other side is closed
-            if exc.errno != errno.EIO:
-                raise
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(leader)
-    return process.wait(60), b"".join(chunks).decode(errors="replace")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")     # what a terminal draws with
 
 
 def test_off_a_terminal_every_task_is_a_plain_line(make_inventory, cli, lab):
@@ -59,8 +27,8 @@ def test_quiet_prints_the_recap_only_when_nothing_failed(make_inventory, cli):
     assert "RECAP" in done.stdout
 
 
-def test_on_a_terminal_setup_shows_the_live_view_and_no_ok_lines(make_inventory, lab):
-    code, screen = on_a_terminal("setup", str(make_inventory()), "--role", "preflight")
+def test_on_a_terminal_setup_shows_the_live_view_and_no_ok_lines(make_inventory, lab, terminal):
+    code, screen = terminal("setup", make_inventory(), "--role", "preflight")
     assert code == 0, screen
     text = ANSI.sub("", screen)
     count = len(lab.hosts)

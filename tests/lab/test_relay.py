@@ -10,6 +10,7 @@ import hashlib
 import http.server
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -206,3 +207,15 @@ def test_hosts_download_the_installer_themselves_when_told_to(lab, make_inventor
         assert installed_with(lab, name) == sha256
     assert _Quiet.requests.count(f"/{big_installer.name}") == len(names)
     assert [t for t in report["transfers"] if t["sha256"] == sha256] == []
+
+
+def test_on_a_terminal_the_installer_push_shows_how_much_has_reached_the_host(
+        scratch_lab, big_installer, tmp_path, terminal):
+    scratch_lab.up(2)
+    inventory = scratch_inventory(scratch_lab, tmp_path / "inventory.yaml", big_installer)
+    code, screen = terminal("setup", inventory, "--role", "conda", columns=160)
+    assert code == 0, screen
+    size = big_installer.stat().st_size / 2**20
+    sent = {int(done) for done, total in re.findall(r"\((?:\S+), (\d+)/(\d+) MB sent\)", screen)
+            if abs(int(total) - size) <= 1}
+    assert sent and max(sent) > 0, screen[-3000:]

@@ -26,8 +26,8 @@ def line(result: TaskResult) -> Text:
     return Text(f"{result.status.value.upper()} {result.host} [{result.role}] {result.task}")
 
 
-def view(verbose: bool = False):
-    console = Console(record=True, width=110, force_terminal=False, color_system=None)
+def view(verbose: bool = False, width: int = 110):
+    console = Console(record=True, width=width, force_terminal=False, color_system=None)
     clock = Clock()
     return LiveView(console, ROLES, HOSTS, line, verbose, clock), console, clock
 
@@ -144,3 +144,13 @@ def test_on_a_terminal_the_live_view_shows_changes_and_failures_above_it(capsys)
     assert "CHANGED gpu1 [ntp] b" in out and "FAILED gpu1 [ntp] c" in out
     assert "OK gpu1" not in out
     assert "ntp" in out and "changed 1" in out and "failed 1" in out     # the view's last frame
+
+
+def test_a_file_being_sent_to_the_slowest_host_shows_how_much_is_there():
+    live, console, clock = view(width=140)
+    live.started("gpu1", "conda", "Miniconda installed")
+    live.sent("gpu1", 96 << 20, 141 << 20)
+    clock.now += 41
+    assert "Miniconda installed: 1 host, 41s (gpu1, 96/141 MB sent)" in frame(live, console)[-1]
+    live.started("gpu1", "conda", "training environment")       # the next task: no file
+    assert frame(live, console)[-1].endswith("training environment: 1 host, 0s (gpu1)")
