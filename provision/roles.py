@@ -21,18 +21,23 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
 import yaml
 
 from provision._shipped import shipped
+from provision.checks import CLUSTER_CHECKS, CheckContext
 from provision.errors import RoleError
 from provision.operations import REGISTRY, Operation
 from provision.settings import TYPES, Setting, check_value, suggest
 from provision.templating import environment
 
-ROLE_KEYS = ("description", "args", "tasks", "cluster_checks")
+if TYPE_CHECKING:
+    from provision.inventory import Host, Inventory
+    from provision.session import HostSession
+
+ROLE_KEYS = ("description", "order", "args", "tasks", "cluster_checks")
 TASK_KEYS = ("name", "op", "args", "when", "tags", "if_changed")
 ARG_KEYS = ("type", "default", "help", "min", "max", "choices", "item", "required")
 # The roles shipped with provision: package data (the repository's top-level roles/ in a checkout).
@@ -62,10 +67,29 @@ class Role:
     tasks: tuple[Task, ...]
     cluster_checks: tuple[str, ...] = ()
     required: tuple[str, ...] = ()  # args marked `required: true`: every host must set them
+    order: int | None = None        # where the role runs among the others (lower first)
 
     def variables(self, host_vars: dict[str, Any]) -> dict[str, Any]:
         """Template variables: role defaults overridden by the host's inventory vars."""
         return {**self.defaults, **host_vars}
+
+
+def template_variables(inventory: Inventory, host: Host, role: Role | None) -> dict[str, Any]:
+    """What a role's `when:` and templates see on `host`: its variables (the role's defaults
+    under the host's inventory vars), `inventory_hostname`, `host`, `hosts` and `groups`."""
+    base = role.variables(host.vars) if role else dict(host.vars)
+    return {**base, "inventory_hostname": host.name, "host": host,
+            "hosts": list(inventory.hosts.values()),
+            "groups": {name: g.hosts for name, g in inventory.groups.items()}}
+
+
+def check_context(sessions: dict[str, HostSession], inventory: Inventory, role: Role,
+                  check_mode: bool) -> CheckContext:
+    """What the role's cross-host checks are given: built once per role, each host's variables
+    exactly as its tasks saw them."""
+    return CheckContext(sessions, inventory, role, check_mode,
+                        {name: template_variables(inventory, inventory.hosts[name], role)
+                         for name in sessions})
 
 
 def _check_keys(mapping: dict, allowed: tuple[str, ...], where: str, what: str) -> list[str]:
@@ -169,7 +193,9 @@ def load_role(name: str, roles_dir: Path = ROLES_DIR) -> Role:
                      for name in if_changed if name not in earlier]
         tasks.append(Task(str(raw.get("name") or op.name), op, task_args, raw.get("when"),
                           tuple(raw.get("tags") or ()), where, if_changed))
-    from provision.cluster_checks import CLUSTER_CHECKS
+    order = data.get("order")
+    if order is not None and (not isinstance(order, int) or isinstance(order, bool)):
+        problems.append(f"{path}: order must be an integer (lower runs first), not {order!r}")
     checks = tuple(data.get("cluster_checks") or ())
     for check in checks:
         if check not in CLUSTER_CHECKS:
@@ -179,7 +205,7 @@ def load_role(name: str, roles_dir: Path = ROLES_DIR) -> Role:
     if problems:
         raise RoleError("\n".join(problems))
     return Role(name, path.parent, str(data.get("description", "")), args, defaults,
-                tuple(tasks), checks, tuple(required))
+                tuple(tasks), checks, tuple(required), order)
 
 
 def render(value: Any, variables: dict[str, Any]) -> Any:

@@ -16,15 +16,31 @@ def role_names(roles_dir: Path = ROLES_DIR) -> list[str]:
 
 
 def load_roles(roles_dir: Path = ROLES_DIR, names: Sequence[str] = ()) -> list[Role]:
-    """The roles `names`, or else every role of `roles_dir`: the shipped ones in SETUP_ORDER,
-    then the others by name. A directory without any role is an error, not an empty run."""
+    """The roles `names` (--role, in the order given), or else every role of `roles_dir` in
+    the order each declares (`order:` in its role.yml, lower first): setup, check, --tags and
+    `provision roles` all run them so. A directory without any role, or roles that do not say
+    where they go among the others, is an error, not a guess."""
     available = role_names(roles_dir)
     if not available:
         raise RoleError(f"no roles in {roles_dir} (a role is a folder with a role.yml): "
                         "check --roles-dir")
-    order = {name: index for index, name in enumerate(SETUP_ORDER)}
-    chosen = list(names) or sorted(available, key=lambda n: (order.get(n, len(order)), n))
-    return [load_role(name, roles_dir) for name in chosen]
+    if names:
+        return [load_role(name, roles_dir) for name in names]
+    roles = [load_role(name, roles_dir) for name in available]
+    if len(roles) > 1:
+        unordered = [r.name for r in roles if r.order is None]
+        if unordered:
+            placed = ", ".join(f"{r.name} {r.order}" for r in sorted(
+                (r for r in roles if r.order is not None), key=lambda r: r.order))
+            raise RoleError(f"{', '.join(f'{roles_dir}/{n}/role.yml' for n in unordered)}: "
+                            "no `order:` (where the role runs among the others"
+                            + (f": {placed}" if placed else "") + ")")
+        orders = [r.order for r in roles]
+        same = sorted({r.name for r in roles if orders.count(r.order) > 1})
+        if same:
+            raise RoleError(f"roles {', '.join(same)} in {roles_dir} share an `order:`: give "
+                            "each its own place")
+    return sorted(roles, key=lambda r: (r.order or 0, r.name))
 
 
 def selected_roles(roles: Iterable[Role], tags: frozenset[str]) -> list[Role]:
@@ -66,6 +82,3 @@ def known_settings(roles_dir: Path = ROLES_DIR) -> dict[str, Setting]:
             owners.setdefault(arg, (name, default))
             known[arg] = setting
     return known
-
-# The order `provision setup` runs the shipped roles in: a host failing preflight is not touched.
-SETUP_ORDER = ("preflight", "nvidia", "ntp", "firewall", "nfs", "conda")

@@ -23,7 +23,8 @@ from provision.errors import InventoryError, ProvisionError
 from provision.inventory import Inventory, load_inventory
 from provision.plan import EXIT_USAGE, HostResult, Status, TaskResult, exit_code
 from provision.relay.report import describe
-from provision.runner import HostSession, run_on_hosts
+from provision.runner import run_on_hosts
+from provision.session import HostSession
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 

@@ -26,7 +26,7 @@ from provision.netcheck.endpoint import NodeState, inspect_nodes
 from provision.netcheck.pairwise import measure, run_seconds, start_agents
 from provision.netcheck.schedule import disjoint_rounds, plan_steps
 from provision.netcheck.verdict import better_of, judge, to_retest
-from provision.runner import HostSession
+from provision.session import HostSession
 from provision.train import build_train_config
 from provision.train.config import TrainConfig
 from provision.train.staging import plan_staging, stage_all

@@ -19,7 +19,7 @@ from provision.cli import connect_options, emit, fail, open_inventory, ssh_optio
 from provision.cli.train_cmd import line_printer
 from provision.connection import HostConnection
 from provision.errors import HostUnreachable, TrainError
-from provision.runner import HostSession
+from provision.session import HostSession
 from provision.train.argv import NodeCommand
 from provision.train.config import TrainConfig
 from provision.train.detached import (Timing, coordination_port, log_script, new_token,

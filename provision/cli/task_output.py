@@ -15,7 +15,7 @@ import click
 
 from provision.cli.output import task_line, task_text, traceback_lines
 from provision.plan import Status, TaskResult
-from provision.runner import Progress
+from provision.session import Progress
 
 
 class TaskOutput:

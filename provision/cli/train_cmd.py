@@ -21,7 +21,7 @@ from provision.relay import Relay
 from provision.relay.firewall import firewall_peers
 from provision.relay.report import describe
 from provision.roles import load_role
-from provision.runner import HostSession
+from provision.session import HostSession
 from provision.train import build_train_config, node_command
 from provision.train.launch import Job, JobResult, write_summary
 from provision.train.prelaunch import check_nodes
@@ -163,10 +163,11 @@ def _run(config, sessions, staging, dry_run, grace, runs_dir: Path, inventory: P
     # One limit for setup's check and train's: the ntp role's (its default, or the inventory's).
     max_skew = float(config.master.vars.get("ntp_max_skew_ms",
                                             load_role("ntp").defaults["ntp_max_skew_ms"]))
-    if not built_env:
-        emit(f"--python {config.python}: not setup's environment, so its lock is not checked; "
-             "python, torch, CUDA and NCCL versions are compared across the nodes", err=True)
     reports = check_nodes(sessions, config, staging.source is None, max_skew, built_env)
+    if any(r.versions is not None for r in reports.values()):
+        emit(f"--python {config.python}: not an environment setup built on every node, so no "
+             "lock is checked; python, torch, CUDA and NCCL versions were compared across the "
+             "nodes", err=True)
     commands = {n.name: node_command(config, n, reports[n.name].ifname) for n in config.nodes}
     problems = [(name, p) for name, r in reports.items() for p in r.problems]
     if dry_run:

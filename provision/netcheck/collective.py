@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from provision.netcheck.allreduce import PREFIX
-from provision.runner import HostSession
+from provision.session import HostSession
 from provision.train.argv import node_command
 from provision.train.config import TrainConfig
 from provision.train.launch import Job, JobResult

@@ -18,7 +18,7 @@ from provision.errors import HostUnreachable
 from provision.facts.base import Fact
 from provision.facts.net import RouteInterface
 from provision.inventory import Host
-from provision.runner import HostSession
+from provision.session import HostSession
 from provision.settings import IFNAME_RE
 from provision.train.argv import INTERFACE_VARS
 from provision.train.config import DEFAULT_RENDEZVOUS_PORT, TrainConfig

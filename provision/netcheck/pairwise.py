@@ -24,7 +24,7 @@ from provision.errors import HostUnreachable
 from provision.netcheck.endpoint import Endpoint
 from provision.netcheck.schedule import Step, Transfer, pairs_of
 from provision.netcheck.verdict import Link
-from provision.runner import HostSession
+from provision.session import HostSession
 
 AGENT_SOURCE = (Path(__file__).with_name("agent.py")).read_text()
 # Reads the program from stdin, then leaves the rest of stdin to it as its request line.

@@ -13,7 +13,7 @@ import yaml
 
 from provision import conda_installer
 from provision._shipped import shipped
-from provision.cluster_checks import cluster_check
+from provision.checks import CheckContext, cluster_check
 from provision.facts.conda import (
     LOCK_MARKER,
     CondaEnv,
@@ -222,13 +222,12 @@ def conda_env(args: dict, facts: FactValues, ctx: HostContext):
 
 
 @cluster_check("conda_env_versions")
-def conda_env_versions(sessions, inventory, role, check_mode: bool) -> list[TaskResult]:
+def conda_env_versions(ctx: CheckContext) -> list[TaskResult]:
     """Per host, the versions the environment runs; training hosts must all run the same."""
-    facts = {}
-    for name, session in sessions.items():
-        variables = role.variables(session.connection.host.vars)
-        facts[name] = EnvTorchVersions(env_path(variables["conda_prefix"],
-                                                variables["conda_env_name"]))
+    sessions, role = ctx.sessions, ctx.role
+    facts = {name: EnvTorchVersions(env_path(ctx.variables[name]["conda_prefix"],
+                                             ctx.variables[name]["conda_env_name"]))
+             for name in sessions}
 
     def read(name: str) -> EnvVersions:
         # What the facts batch read is current unless this run (re)built the environment.
@@ -239,7 +238,7 @@ def conda_env_versions(sessions, inventory, role, check_mode: bool) -> list[Task
 
     with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
         reports = dict(zip(facts, pool.map(read, facts)))
-    group = inventory.groups.get(TRAINING_GROUP)
+    group = ctx.inventory.groups.get(TRAINING_GROUP)
     training = {n: r for n, r in reports.items()
                 if (group is None or n in group.hosts) and not r.error}
     mismatch = differences(training)
@@ -247,7 +246,7 @@ def conda_env_versions(sessions, inventory, role, check_mode: bool) -> list[Task
     for name, report in reports.items():
         if report.error:
             # In check mode the role has not built anything yet: nothing to compare.
-            status = Status.SKIPPED if check_mode else Status.FAILED
+            status = Status.SKIPPED if ctx.check_mode else Status.FAILED
             results.append(TaskResult(name, role.name, "environment versions", status,
                                       report.error))
         elif name in training and mismatch:

@@ -17,7 +17,7 @@ import secrets
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 
-from provision.cluster_checks import cluster_check
+from provision.checks import CheckContext, cluster_check
 from provision.facts.files import PathState
 from provision.facts.mounts import FstabEntry, MountState, exports_path, parse_fstab_line
 from provision.facts.system import InstalledPackages, Os
@@ -222,13 +222,11 @@ def nfs_export(args: dict, facts: FactValues, ctx: HostContext):
 
 # -- across hosts ----------------------------------------------------------------------------------
 
-def _clients_by_share(sessions, inventory, role) -> dict[str, list[tuple[str, str]]]:
+def _clients_by_share(ctx: CheckContext) -> dict[str, list[tuple[str, str]]]:
     """NFS source -> [(host, mount point)] of the hosts that mount it. The values are the
     inventory's (validated) data, used as they are: never rendered as templates."""
-    from provision.runner import template_variables   # the runner imports this module
     shares: dict[str, list[tuple[str, str]]] = {}
-    for name in sessions:
-        variables = template_variables(inventory, inventory.hosts[name], role)
+    for name, variables in ctx.variables.items():
         server = variables.get("nfs_server")
         if server:
             source = nfs_source(server, variables["nfs_export"])
@@ -237,13 +235,14 @@ def _clients_by_share(sessions, inventory, role) -> dict[str, list[tuple[str, st
 
 
 @cluster_check("nfs_shared")
-def nfs_shared(sessions, inventory, role, check_mode: bool) -> list[TaskResult]:
+def nfs_shared(ctx: CheckContext) -> list[TaskResult]:
     """A file written in the share on one host is read on every other host, then removed."""
+    sessions, role = ctx.sessions, ctx.role
     task = "same files on every host"
     results = []
-    for source, clients in _clients_by_share(sessions, inventory, role).items():
+    for source, clients in _clients_by_share(ctx).items():
         names = [name for name, _ in clients]
-        if check_mode:
+        if ctx.check_mode:
             reason = "check mode: this check writes a file in the share"
         elif len(clients) < 2:
             reason = f"the only host mounting {source}: no other host to compare with"

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import paramiko
 
 from provision.clock_skew import ClockReading, parse_remote_ns, skew_verdict
-from provision.cluster_checks import cluster_check
+from provision.checks import CheckContext, cluster_check
 from provision.errors import HostUnreachable
 from provision.facts.clock import CHRONY_SOURCE_STATES, CHRONYD, DAEMONS, ClockState, TimeSync
 from provision.operations.base import (Change, Command, FactValues, Failure, HostContext,
@@ -182,7 +182,7 @@ def read_clock(session, samples: int = CLOCK_SAMPLES,
 
 
 @cluster_check("ntp_skew")
-def ntp_skew(sessions, inventory, role, check_mode: bool) -> list[TaskResult]:
+def ntp_skew(ctx: CheckContext) -> list[TaskResult]:
     """Clocks agree across hosts within ntp_max_skew_ms, as read from the controller.
 
     Reading the clocks costs a remote command per host. Check mode (`provision check`, `setup
@@ -191,19 +191,18 @@ def ntp_skew(sessions, inventory, role, check_mode: bool) -> list[TaskResult]:
     trip per host is the facts batch alone), so that a run with nothing to do stays one round
     trip: every host's own check has just passed, each within ntp_max_offset_ms of its source.
     """
-    from provision.runner import template_variables  # the runner imports this module
+    sessions, role = ctx.sessions, ctx.role
     task = "clocks agree across hosts"
 
     def skip(reason: str) -> list[TaskResult]:
         return [TaskResult(name, role.name, task, Status.SKIPPED, reason) for name in sessions]
     if len(sessions) < 2:
         return skip("a single host: no other clock to compare with")
-    if not check_mode and not any(t.status is Status.CHANGED
+    if not ctx.check_mode and not any(t.status is Status.CHANGED
                                   for s in sessions.values() for t in s.tasks):
         return skip("nothing changed on any host this run and every host's own clock check "
                     "passed; the clocks are compared after a change, and by `provision check`")
-    limit = min(float(template_variables(inventory, inventory.hosts[name], role)
-                      ["ntp_max_skew_ms"]) for name in sessions)
+    limit = min(float(ctx.variables[name]["ntp_max_skew_ms"]) for name in sessions)
 
     def read(name: str) -> ClockReading | TaskResult:
         try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from provision.cluster_checks import cluster_check
+from provision.checks import CheckContext, cluster_check
 from provision.facts.gpu import NvidiaGpus
 from provision.nvidia import check_gpus, model_mismatch
 from provision.operations.base import FactValues, Failure, HostContext, NoChange, Skip, operation
@@ -29,9 +29,9 @@ def nvidia_check(args: dict, facts: FactValues, ctx: HostContext):
 
 
 @cluster_check("gpu_models")
-def gpu_models(sessions, inventory, role, check_mode: bool) -> list[TaskResult]:
+def gpu_models(ctx: CheckContext) -> list[TaskResult]:
     """Warn when training hosts carry different GPU models (they then train at the slowest's pace)."""
-    gpu_hosts = {name: s for name, s in sessions.items() if s.connection.host.vars.get("gpus")}
+    gpu_hosts = {name: s for name, s in ctx.sessions.items() if ctx.variables[name].get("gpus")}
     if len(gpu_hosts) < 2:
         return []
     # The run's own readings (nvidia_check read them): no second round trip per GPU host.
@@ -39,4 +39,5 @@ def gpu_models(sessions, inventory, role, check_mode: bool) -> list[TaskResult]:
                else s.gather([NvidiaGpus()])[NvidiaGpus()] for name, s in gpu_hosts.items()}
     mismatch = model_mismatch(reports)
     message = f"warning: {mismatch}" if mismatch else "every host has the same GPU model"
-    return [TaskResult(name, role.name, "same GPU model", Status.OK, message) for name in reports]
+    return [TaskResult(name, ctx.role.name, "same GPU model", Status.OK, message)
+            for name in reports]

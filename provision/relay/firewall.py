@@ -7,7 +7,7 @@ from pathlib import Path
 from provision.errors import RoleError
 from provision.inventory import Host, Inventory
 from provision.relay.peers import Peers, networks, port_list
-from provision.roles import ROLES_DIR, evaluate, load_role, render
+from provision.roles import ROLES_DIR, evaluate, load_role, render, template_variables
 
 FIREWALL_ROLE, FIREWALL_OP = "firewall", "firewall_open"
 
@@ -15,7 +15,6 @@ FIREWALL_ROLE, FIREWALL_OP = "firewall", "firewall_open"
 def firewall_peers(inventory: Inventory, hosts: list[Host],
                    roles_dir: Path = ROLES_DIR) -> Peers:
     """The peers among `hosts` as the firewall role of `roles_dir` opens their ports."""
-    from provision.runner import template_variables   # here: the runner imports the relay
     addresses = {h.name: h.address for h in hosts}
     try:
         role = load_role(FIREWALL_ROLE, roles_dir)

@@ -31,7 +31,7 @@ from provision.relay.scripts import agent_argv, direct_script, keep_script
 
 if TYPE_CHECKING:
     from provision.operations.base import Command
-    from provision.runner import HostSession
+    from provision.session import HostSession
 
 PEER_TRIES = 2            # failed holders before the controller sends the host its copy
 CONTROLLER_TRIES = 2

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from provision.errors import HostUnreachable
-from provision.runner import HostSession
+from provision.session import HostSession
 from provision.train.argv import NodeCommand, remote_script
 from provision.train.config import TrainConfig
 from provision.train.processes import stop_script, supervised_script

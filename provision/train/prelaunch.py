@@ -14,7 +14,7 @@ from provision.facts.base import Fact
 from provision.facts.conda import LOCK_MARKER, EnvVersions, PythonVersions, differences
 from provision.facts.files import PathState
 from provision.facts.net import PortFree, RouteInterface
-from provision.runner import HostSession
+from provision.session import HostSession
 from provision.train.config import TrainConfig
 
 
@@ -59,10 +59,8 @@ def _inspect(session: HostSession, config: TrainConfig, script_in_place: bool,
              built_env: bool) -> NodeReport:
     host = session.connection.host
     marker = os.path.join(env_prefix(config.python), LOCK_MARKER)
-    # An environment setup built has its lock marker; any other (--python) is asked what it runs.
-    env_fact = PathState(marker, True) if built_env else PythonVersions(config.python)
     facts: list[Fact] = [RemoteClock(), RouteInterface(config.master.address),
-                         Executable(config.python), env_fact]
+                         Executable(config.python), PathState(marker, True)]
     if host.name == config.master.name:
         facts.append(PortFree(config.master_port))
     if script_in_place:
@@ -78,15 +76,12 @@ def _inspect(session: HostSession, config: TrainConfig, script_in_place: bool,
     if not values[Executable(config.python)]:
         report.problems.append(f"{config.python} does not exist: run `provision setup` "
                                "(conda role) or pass --python")
-    if not built_env:
-        report.versions = values[env_fact]
-        if report.versions.error and values[Executable(config.python)]:
-            report.problems.append(f"{config.python}: {report.versions.error}")
-    elif values[env_fact] is None or values[env_fact].content is None:
+    lock = values[PathState(marker, True)]
+    if lock is not None and lock.content is not None:
+        report.lock_hash = lock.content.decode().strip()
+    elif built_env:
         report.problems.append(f"the training environment has no lock marker ({marker}): its "
                                "creation did not finish; run `provision setup --tags conda`")
-    else:
-        report.lock_hash = values[env_fact].content.decode().strip()
     if PortFree(config.master_port) in values and not values[PortFree(config.master_port)]:
         report.problems.append(f"rendezvous port {config.master_port} is already in use on the "
                                "master (another job?): stop it or set rendezvous_port")
@@ -146,20 +141,35 @@ def _probe_port(sessions: dict[str, HostSession], config: TrainConfig,
     listener.wait(15)  # it has exited, and let the port go, before torchrun binds it
 
 
+def _compare_versions(sessions: dict[str, HostSession], config: TrainConfig,
+                      reports: dict[str, NodeReport]) -> None:
+    """What each node's python runs (one more round trip: it imports torch), compared."""
+    fact = PythonVersions(config.python)
+    with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
+        found = dict(zip(sessions, pool.map(lambda s: s.gather([fact])[fact],
+                                            sessions.values())))
+    for name, versions in found.items():
+        reports[name].versions = versions
+        if versions.error and not any(config.python in p for p in reports[name].problems):
+            reports[name].problems.append(f"{config.python}: {versions.error}")
+    mismatch = differences({n: v for n, v in found.items() if not v.error})
+    if mismatch:
+        for report in reports.values():
+            report.problems.append(f"the nodes' Pythons differ in {'; '.join(mismatch)}")
+
+
 def check_nodes(sessions: dict[str, HostSession], config: TrainConfig, script_in_place: bool,
                 max_skew_ms: float, built_env: bool = True) -> dict[str, NodeReport]:
     """Every node's report; an unreachable node raises HostUnreachable naming it. `built_env`:
-    the environment is setup's (its lock is compared across nodes); else (--python) the python,
-    torch, CUDA and NCCL versions it runs are."""
+    the environment is setup's, so its lock marker must be there and the same on every node.
+    Else (--python) the locks are compared where every node has one; where not, the python,
+    torch, CUDA and NCCL versions it runs are (each report's `versions` then says so)."""
     with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
         futures = {name: pool.submit(_inspect, s, config, script_in_place, built_env)
                    for name, s in sessions.items()}
         reports = {name: future.result() for name, future in futures.items()}
-    mismatch = differences({name: r.versions for name, r in reports.items()
-                            if r.versions is not None and not r.versions.error})
-    if mismatch:
-        for report in reports.values():
-            report.problems.append(f"the nodes' Pythons differ in {'; '.join(mismatch)}")
+    if not built_env and not all(r.lock_hash for r in reports.values()):
+        _compare_versions(sessions, config, reports)
     hashes = {r.lock_hash for r in reports.values() if r.lock_hash}
     if len(hashes) > 1:
         for report in reports.values():

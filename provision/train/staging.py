@@ -19,7 +19,7 @@ from pathlib import Path
 from provision.errors import HostUnreachable, TrainError
 from provision.operations.base import Command
 from provision.relay import Relay, SharedFile
-from provision.runner import HostSession
+from provision.session import HostSession
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from provision import lab_net
 from provision.connection import ConnectOptions, HostConnection
 from provision.inventory import load_inventory
 from provision.lab import FIRST_HOST_OFFSET
-from provision.runner import HostSession
+from provision.session import HostSession
 from provision.train import build_train_config, node_command
 from provision.train.launch import Job
 

@@ -217,13 +217,18 @@ def test_prelaunch_catches_closed_port_and_missing_env(lab, training, cli, tmp_p
     assert f"{node}: cannot connect to the master {master}" in done.stderr
     assert "firewall" in done.stderr and not (tmp_path / "runs").exists()
 
+    # --python: an environment setup did not build on every node is not refused for its
+    # missing lock (issue 10); what it runs is compared across the nodes instead.
     lab.sh(node, f"mv {ENV}/.provision-lock-sha256 {ENV}/lock.bak")
     try:
-        done = cli("train", "-i", training(), "--python", PYTHON, "--runs-dir", tmp_path / "runs", SMOKE)
+        done = cli("train", "-i", training(), "--python", PYTHON, "--runs-dir", tmp_path / "runs",
+                   "--dry-run", SMOKE)
     finally:
         lab.sh(node, f"mv {ENV}/lock.bak {ENV}/.provision-lock-sha256")
-    assert done.returncode == 2
-    assert f"{node}: the training environment has no lock marker" in done.stderr
+    assert done.returncode == 0, done.stderr
+    assert "no lock is checked; python, torch, CUDA and NCCL versions were compared" \
+        in done.stderr
+    assert "no lock marker" not in done.stderr
 
 
 def test_a_node_whose_ssh_dies_is_the_root_cause_and_nothing_is_left(lab, training, train_env,

@@ -19,7 +19,7 @@ from provision.clock_skew import ClockReading, parse_remote_ns, skew_verdict
 from provision.operations.ntp_checks import (SOURCES_SUMMARY_AWK, clock_verdict, skew_results,
                                              waitsync_script)
 from provision.plan import Status, TaskResult
-from provision.roles import load_role
+from provision.roles import check_context, load_role
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "clock"
 HOST = Host(name="n1", address="10.0.0.1")
@@ -363,7 +363,8 @@ def run_skew_check(monkeypatch, round_trips: dict[str, int], check_mode: bool,
     inventory = Inventory(Path("inventory.yaml"), hosts,
                           {"all": Group("all", list(hosts), [], {})})
     sessions = {n: FakeSession(n, trips) for n, trips in round_trips.items()}
-    results = ntp_checks.ntp_skew(sessions, inventory, load_role("ntp"), check_mode)
+    results = ntp_checks.ntp_skew(check_context(sessions, inventory, load_role("ntp"),
+                                                check_mode))
     return {r.host: r for r in results}
 
 

@@ -18,7 +18,7 @@ from provision.operations import REGISTRY, Change, Failure, HostContext, NoChang
 from provision.operations.firewall_ops import (Wanted, choose_backend, iptables_saved_rules,
                                                nft_rules_file, parse_ports, parse_sources)
 from provision.roles import evaluate, load_role, render
-from provision.runner import template_variables
+from provision.roles import template_variables
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "firewall"
 ARGS = {"ports": ["29500", "40000-40100"], "sources": ["10.0.0.1", "10.0.0.2"],

@@ -15,7 +15,8 @@ from provision.cli import interrupt
 from provision.connection import CommandResult, ConnectOptions
 from provision.inventory import Host
 from provision.plan import EXIT_INTERRUPTED, Status, TaskResult, exit_code
-from provision.runner import HostSession, run_on_hosts
+from provision.runner import run_on_hosts
+from provision.session import HostSession
 
 
 def test_first_signal_asks_to_stop_and_the_second_exits_at_once(monkeypatch):

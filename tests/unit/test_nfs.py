@@ -20,7 +20,7 @@ from provision.operations import REGISTRY, Change, Failure, HostContext, NoChang
 from provision.operations.files import BACKUP_SUFFIX
 from provision.operations.nfs_ops import SENTINEL_PREFIX, nfs_shared, nfs_source
 from provision.plan import Status
-from provision.roles import load_role
+from provision.roles import check_context, load_role
 from provision.runner import RunOptions, run_roles
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "mounts"
@@ -437,7 +437,7 @@ def test_hosts_sharing_the_directory_pass_and_the_file_is_removed(tmp_path):
     share = tmp_path / "share $(touch pwned)"
     share.mkdir()
     sessions, inv = cluster(tmp_path, {"a": share, "b": share, "c": share})
-    results = nfs_shared(sessions, inv, load_role("nfs"), False)
+    results = nfs_shared(check_context(sessions, inv, load_role("nfs"), False))
     assert [(r.host, r.status) for r in results] == [("a", Status.OK), ("b", Status.OK),
                                                      ("c", Status.OK)]
     assert "reads in" in results[1].message
@@ -450,7 +450,8 @@ def test_a_host_with_its_own_directory_fails_with_the_reason(tmp_path):
         d.mkdir()
     dirs["c"] = dirs["a"]
     sessions, inv = cluster(tmp_path, dirs)
-    results = {r.host: r for r in nfs_shared(sessions, inv, load_role("nfs"), False)}
+    results = {r.host: r for r in nfs_shared(check_context(sessions, inv, load_role("nfs"),
+                                                           False))}
     assert results["a"].status is Status.OK and results["c"].status is Status.OK
     assert results["b"].status is Status.FAILED
     assert results["b"].message.startswith(f"does not see in {dirs['b']} the file a wrote")
@@ -464,7 +465,7 @@ def test_check_mode_and_no_op_runs_touch_nothing(tmp_path):
     sessions, inv = cluster(tmp_path, {"a": share, "b": share}, changed=False)
     role = load_role("nfs")
     for check_mode, reason in ((True, "check mode"), (False, "nothing changed")):
-        results = nfs_shared(sessions, inv, role, check_mode)
+        results = nfs_shared(check_context(sessions, inv, role, check_mode))
         assert {r.status for r in results} == {Status.SKIPPED}
         assert all(reason in r.message for r in results)
     assert all(s.round_trips == 0 for s in sessions.values()), "no command ran"

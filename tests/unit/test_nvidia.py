@@ -332,8 +332,7 @@ class GpuSession:
     """A host of the run for the cross-host check: what the run read there, its round trips."""
 
     def __init__(self, name: str, gpus: int, facts: dict):
-        self.connection = type("Connection", (), {"host": type("Host", (), {
-            "name": name, "vars": {"gpus": gpus}})()})()
+        self.gpus = gpus
         self.facts = facts
         self.round_trips = 0
 
@@ -343,12 +342,14 @@ class GpuSession:
 
 
 def test_gpu_models_reads_the_runs_facts_without_another_round_trip():
+    from provision.checks import CheckContext
     from provision.operations.nvidia_checks import gpu_models
     role = type("Role", (), {"name": "nvidia"})()
     sessions = {"g1": GpuSession("g1", 8, {NvidiaGpus(): fixture_report("a100x8")}),
                 "g2": GpuSession("g2", 8, {NvidiaGpus(): fixture_report("h100x8")}),
                 "g3": GpuSession("g3", 1, {})}          # not read yet: read once
-    results = gpu_models(sessions, None, role, False)
+    results = gpu_models(CheckContext(sessions, None, role, False,
+                                      {name: {"gpus": s.gpus} for name, s in sessions.items()}))
     assert [s.round_trips for s in sessions.values()] == [0, 0, 1]
     assert {r.host for r in results} == {"g1", "g2", "g3"}
     assert all("warning" in r.message for r in results)

@@ -191,20 +191,28 @@ def test_equal_lock_hashes_pass_and_different_ones_fail_on_every_node():
 TORCH = EnvVersions(None, "3.11.9", "2.13.0", "12.4", "2.21.5", True)
 
 
-def test_with_python_the_versions_are_compared_and_no_lock_is_asked_for():
-    """--python names an environment setup did not build: no lock marker to demand (issue 10);
-    what it runs is compared across the nodes instead."""
+def test_with_python_and_no_lock_the_versions_are_compared_instead():
+    """--python names an environment setup may not have built: no lock marker to demand
+    (issue 10); what it runs is compared across the nodes instead."""
     sessions = [FakeSession(HOSTS[0], lock=None, versions=TORCH)]
     reports = check(sessions, hosts=HOSTS[:1], built_env=False)
-    assert reports["node1"].problems == []
+    assert reports["node1"].problems == [] and reports["node1"].versions == TORCH
     assert PythonVersions(PYTHON) in sessions[0].asked
-    assert not any(isinstance(f, PathState) for f in sessions[0].asked)
     older = EnvVersions(None, "3.11.9", "2.12.0", "12.4", "2.21.5", True)
     reports = check([FakeSession(h, lock=None, versions=older if h.name == "node2" else TORCH)
                      for h in HOSTS], built_env=False)
     for report in reports.values():
         assert report.problems == ["the nodes' Pythons differ in torch: node1=2.13.0, "
                                    "node2=2.12.0, node3=2.13.0"]
+
+
+def test_with_python_and_a_lock_on_every_node_the_locks_are_compared():
+    locks = {"node1": "a" * 64, "node2": "b" * 64}
+    sessions = [FakeSession(h, lock=locks[h.name]) for h in HOSTS[:2]]
+    reports = check(sessions, hosts=HOSTS[:2], built_env=False)
+    assert all("environments differ" in r.problems[0] for r in reports.values())
+    assert not any(isinstance(f, PythonVersions) for s in sessions for f in s.asked)
+    assert all(r.versions is None for r in reports.values())
 
 
 def test_the_versions_fact_asks_the_python_itself():

@@ -36,16 +36,18 @@ def keeper(path: str, data: bytes) -> subprocess.Popen:
     return process
 
 
-def waiting_on_stdin(pid: int) -> None:
-    """Until the keeper's `cat` runs (a signal before its exec would be the shell's alone)."""
+def waiting_on_stdin(pid: int, command: str = "cat") -> None:
+    """Until the keeper's `command` (cat: keeping the copy; head: receiving it) runs (a signal
+    before its exec would be the shell's alone)."""
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         with open(f"/proc/{pid}/task/{pid}/children") as handle:
             children = handle.read().split()
-        if any(Path(f"/proc/{child}/comm").read_text().strip() == "cat" for child in children):
+        if any(Path(f"/proc/{child}/comm").read_text().strip() == command
+               for child in children):
             return
         time.sleep(0.01)
-    raise AssertionError("the keeper never waited on its stdin")
+    raise AssertionError(f"the keeper never ran {command}")
 
 
 def test_a_kept_copy_stays_until_stdin_closes(tmp_path, path):
@@ -120,11 +122,9 @@ def test_a_part_being_written_and_then_the_copy_are_locked_by_their_keeper(path)
                                start_new_session=True)
     process.stdin.write(DATA[:1000])              # the rest has not come yet
     process.stdin.flush()
-    deadline = time.monotonic() + 10
-    while not (parts := list(Path(path).parent.glob("*.part-*"))):
-        assert time.monotonic() < deadline, "no part was written"
-        time.sleep(0.01)
-    with open(parts[0], "rb") as probe:
+    waiting_on_stdin(process.pid, "head")            # writing the part, the rest to come
+    (part,) = Path(path).parent.glob("*.part-*")
+    with open(part, "rb") as probe:
         with pytest.raises(BlockingIOError):
             fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
     process.stdin.write(DATA[1000:])

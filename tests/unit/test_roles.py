@@ -97,7 +97,7 @@ def test_malformed_yaml(roles):
 def test_role_file_must_be_a_mapping(roles):
     path = roles("- op: package\n")
     assert role_error("ntp", roles.dir).startswith(
-        f"{path}: a role file must be a mapping with description, args, tasks")
+        f"{path}: a role file must be a mapping with description, order, args, tasks")
 
 
 def test_every_problem_reported_with_its_line(roles):

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 import provision.runner
 from provision.cli import main
-from provision.cluster_checks import CLUSTER_CHECKS
+from provision.checks import CLUSTER_CHECKS
 from provision.connection import CommandResult, as_command
 
 pytestmark = pytest.mark.usefixtures("isolated_home")
@@ -39,7 +39,7 @@ class LocalConnection:
     def abort(self, error):
         pass
 
-    def run(self, command, *, sudo=False, stdin=None, timeout=None, on_line=None):
+    def run(self, command, *, sudo=False, stdin=None, timeout=None, on_line=None, on_sent=None):
         done = subprocess.run(as_command(command), shell=True, input=stdin, capture_output=True,
                               timeout=60)
         return CommandResult(str(command), done.returncode, done.stdout.decode(),
@@ -113,7 +113,7 @@ def test_the_traceback_is_in_json_and_with_verbose(setup):
 
 
 def test_a_cluster_check_that_raises_fails_its_hosts(tmp_path, local_hosts, monkeypatch):
-    def explode(sessions, inventory, role, check_mode):
+    def explode(context):
         raise ValueError("a fact's output cannot be parsed")
     monkeypatch.setitem(CLUSTER_CHECKS, "explode", explode)
     roles = tmp_path / "roles"

@@ -8,7 +8,7 @@ from jinja2.exceptions import SecurityError
 
 from provision.operations.nfs_ops import _clients_by_share
 from provision.inventory import load_inventory
-from provision.roles import load_role, render
+from provision.roles import check_context, load_role, render
 from provision.setup import known_settings
 
 PAYLOAD = "/mnt/s{{ lipsum.__globals__.os.popen('id').read() }}"
@@ -35,5 +35,5 @@ def test_the_nfs_cluster_check_uses_the_inventory_values_as_they_are(tmp_path):
         "address": "10.0.0.1", "nfs_server": "10.0.0.9", "nfs_export": "/srv/{{ 6 * 7 }}",
         "nfs_mount_point": PAYLOAD}}}}))
     inventory = load_inventory(str(path), known_settings())
-    shares = _clients_by_share({"n1": None}, inventory, load_role("nfs"))
+    shares = _clients_by_share(check_context({"n1": None}, inventory, load_role("nfs"), False))
     assert shares == {"10.0.0.9:/srv/{{ 6 * 7 }}": [("n1", PAYLOAD)]}

@@ -23,7 +23,7 @@ import pytest
 from provision.connection import CommandResult
 from provision.errors import HostUnreachable
 from provision.inventory import Host
-from provision.runner import HostSession
+from provision.session import HostSession
 from provision.train.argv import node_command
 from provision.train.config import RUN_ID_VAR, build_train_config
 from provision.train.launch import (EXIT_INTERRUPTED, Job, JobResult, NodeOutcome, TAIL_LINES,
@@ -195,7 +195,7 @@ class LocalConnection:
         self.started.append(process)
         return process
 
-    def run(self, command, *, sudo=False, stdin=None, timeout=None, on_line=None):
+    def run(self, command, *, sudo=False, stdin=None, timeout=None, on_line=None, on_sent=None):
         if self.lost_when is not None:
             raise HostUnreachable(f"{self.host.name}: connection lost: closed")
         self.ran.append(command)

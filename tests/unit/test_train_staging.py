@@ -13,7 +13,7 @@ import pytest
 from provision.connection import CommandResult
 from provision.errors import TrainError
 from provision.inventory import Host
-from provision.runner import HostSession
+from provision.session import HostSession
 from provision.train.staging import Staging, plan_staging, stage, stage_all
 
 
@@ -24,7 +24,7 @@ class LocalConnection:
         self.host = Host("node1", "10.9.0.1")
         self.commands: list[str] = []
 
-    def run(self, command, *, sudo=False, stdin=None, timeout=None, on_line=None):
+    def run(self, command, *, sudo=False, stdin=None, timeout=None, on_line=None, on_sent=None):
         assert isinstance(command, str)
         self.commands.append(command)
         done = subprocess.run(["sh", "-c", command], input=stdin or b"", capture_output=True,
