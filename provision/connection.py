@@ -5,6 +5,9 @@ the remote login shell never parses them). Every command is one exec channel on 
 connection; callers batch work into few commands because each channel costs a remote shell.
 Every command runs supervised (provision.supervision): its processes are stopped on the host
 when its channel closes, whether the controller closed it, died or lost the connection.
+
+Longer than ~300 lines because host keys, keepalives, sudo and the supervision of a command
+all act on the one paramiko transport that HostConnection owns.
 """
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 Exit codes: 0 all hosts ok; 2 usage or inventory error; 3 some host failed; 4 some host
 unreachable (and none failed); 130 interrupted (Ctrl-C, SIGTERM).
+
+Longer than ~300 lines because it holds the options the commands share and the commands
+that share them most (inventory, exec, setup, check, roles); train, runs, net and lab have
+modules of their own.
 """
 
 from __future__ import annotations

@@ -60,6 +60,16 @@ def host_output(host: str, width: int):
     return on_line
 
 
+def line_printer(width: int, colour: bool):
+    """A training job's line sink: `host[rank] | line`, the rank's colour on a terminal."""
+    def sink(host: str, rank: int, stream: str, line: str) -> None:
+        prefix = f"{host}[{rank}]".ljust(width)
+        if colour:
+            prefix = click.style(prefix, fg=("cyan", "green", "yellow", "magenta", "blue")[rank % 5])
+        emit(f"{prefix} | {line}", err=stream == "stderr")
+    return sink
+
+
 def recap(results: list[HostResult]) -> None:
     if not results:
         return

@@ -1,5 +1,9 @@
 """Detached runs: `provision train --detach` (after the same checks and staging as a foreground
-run), and `provision runs`, `logs`, `attach`, `stop`, which read everything from the nodes."""
+run), and `provision runs`, `logs`, `attach`, `stop`, which read everything from the nodes.
+
+Longer than ~300 lines because its four commands read the nodes one way (RunView, built
+from every node's record): split, each would need the others' reading.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from pathlib import Path
 import click
 
 from provision.cli import connect_options, emit, fail, open_inventory, ssh_options, ssh_settings
-from provision.cli.train_cmd import line_printer
+from provision.cli.output import line_printer
 from provision.connection import HostConnection
 from provision.errors import HostUnreachable, TrainError
 from provision.session import HostSession

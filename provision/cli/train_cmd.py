@@ -15,6 +15,7 @@ from click.core import ParameterSource
 
 from provision.cli import (connect_options, emit, fail, open_inventory, ssh_options,
                            ssh_settings)
+from provision.cli.output import line_printer
 from provision.connection import HostConnection
 from provision.errors import HostUnreachable, ProvisionError
 from provision.relay import Relay
@@ -37,15 +38,6 @@ def new_run_id() -> str:
 def default_python(host_vars: dict) -> str:
     prefix = host_vars.get("conda_prefix", "/opt/miniconda3")
     return f"{prefix}/envs/{host_vars.get('conda_env_name', 'train')}/bin/python"
-
-
-def line_printer(width: int, colour: bool):
-    def sink(host: str, rank: int, stream: str, line: str) -> None:
-        prefix = f"{host}[{rank}]".ljust(width)
-        if colour:
-            prefix = click.style(prefix, fg=("cyan", "green", "yellow", "magenta", "blue")[rank % 5])
-        emit(f"{prefix} | {line}", err=stream == "stderr")
-    return sink
 
 
 def report(result: JobResult) -> None:

@@ -5,6 +5,9 @@ Inventory.
 The readers (YAML, INI, host lists, group_vars/ and host_vars/ files) only call add_group,
 add_child, add_host and put; everything Ansible decides afterwards (which groups hang below
 `all`, who is `ungrouped`, depths, the order of hosts, which var wins) is decided here, once.
+
+Longer than ~300 lines because it is the one place where Ansible's rules are decided; the
+readers (YAML, INI, vars files) only feed it.
 """
 
 from __future__ import annotations

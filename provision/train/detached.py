@@ -22,7 +22,7 @@ from pathlib import Path
 
 from provision.errors import HostUnreachable, TrainError
 from provision.inventory import Host
-from provision.operations.firewall_ops import parse_ports
+from provision.operations.firewall import parse_ports
 from provision.session import HostSession
 from provision.train.argv import NodeCommand
 from provision.train.config import RUN_ID_RE, RUN_ID_VAR, TrainConfig

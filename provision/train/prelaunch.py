@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from provision.clock_skew import ClockReading, parse_remote_ns, skew_verdict
+from provision.operations.ntp import ClockReading, parse_remote_ns, skew_verdict
 from provision.facts.base import Fact
 from provision.facts.conda import LOCK_MARKER, EnvVersions, PythonVersions, differences
 from provision.facts.files import PathState

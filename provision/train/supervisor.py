@@ -19,6 +19,9 @@ torchrun; a follower's has joined the master's and started torchrun. The supervi
 
 A watcher (sh, reading a pipe that only this process holds open for writing) runs the same
 sweep the moment this process ends, however it ends: kill -9 leaves no worker behind.
+
+Longer than ~300 lines because it is one file on purpose: it is sent to each node and run
+there by the environment's Python, standard library only.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from provision.operations.conda_ops import DEFAULT_ENV_FILE
+from provision.operations.conda import DEFAULT_ENV_FILE
 
 PREFIX = "/opt/miniconda3"
 ENV = f"{PREFIX}/envs/train"

@@ -9,15 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from provision.facts.clock import (ClockState, TimeSource, TimeSync, parse_chrony, parse_ntpq,
+from provision.facts.ntp import (ClockState, TimeSource, TimeSync, parse_chrony, parse_ntpq,
                                    parse_timedatectl, parse_timespan_ms, split_sections)
 from provision.errors import HostUnreachable
 from provision.inventory import Group, Host, Inventory
-from provision.operations import REGISTRY, Change, Failure, HostContext, NoChange, ntp_checks
+from provision.operations import REGISTRY, Change, Failure, HostContext, NoChange, ntp
 from provision.operations.files import render_template
-from provision.clock_skew import ClockReading, parse_remote_ns, skew_verdict
-from provision.operations.ntp_checks import (SOURCES_SUMMARY_AWK, clock_verdict, skew_results,
-                                             waitsync_script)
+from provision.operations.ntp import (SOURCES_SUMMARY_AWK, ClockReading, clock_verdict,
+                                      parse_remote_ns, skew_results, skew_verdict,
+                                      waitsync_script)
 from provision.plan import Status, TaskResult
 from provision.roles import check_context, load_role
 
@@ -358,12 +358,12 @@ def run_skew_check(monkeypatch, round_trips: dict[str, int], check_mode: bool,
         if isinstance(value, Exception):
             raise value
         return reading(session.name, value)
-    monkeypatch.setattr(ntp_checks, "read_clock", read_clock)
+    monkeypatch.setattr(ntp, "read_clock", read_clock)
     hosts = {n: Host(name=n, address="10.0.0.1", vars=dict(inventory_vars)) for n in round_trips}
     inventory = Inventory(Path("inventory.yaml"), hosts,
                           {"all": Group("all", list(hosts), [], {})})
     sessions = {n: FakeSession(n, trips) for n, trips in round_trips.items()}
-    results = ntp_checks.ntp_skew(check_context(sessions, inventory, load_role("ntp"),
+    results = ntp.ntp_skew(check_context(sessions, inventory, load_role("ntp"),
                                                 check_mode))
     return {r.host: r for r in results}
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from provision import conda_installer
+from provision.operations import conda_installer
 from provision.facts.conda import (
     LOCK_MARKER,
     CondaEnv,
@@ -29,7 +29,7 @@ from provision.facts.system import Os, OsInfo
 from provision.inventory import Host
 from provision.operations import REGISTRY, Change, Failure, HostContext, NoChange
 from provision.facts.conda import differences
-from provision.operations.conda_ops import DEFAULT_ENV_FILE, env_path
+from provision.operations.conda import DEFAULT_ENV_FILE, env_path
 from provision.relay.scripts import direct_script
 from provision.roles import load_role
 

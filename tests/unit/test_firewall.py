@@ -15,7 +15,7 @@ from provision.facts.firewall import (TAG, Firewalld, FirewallInfo, FirewallStat
                                       parse_ufw_status)
 from provision.inventory import Host, load_inventory
 from provision.operations import REGISTRY, Change, Failure, HostContext, NoChange
-from provision.operations.firewall_ops import (Wanted, choose_backend, iptables_saved_rules,
+from provision.operations.firewall import (Wanted, choose_backend, iptables_saved_rules,
                                                nft_rules_file, parse_ports, parse_sources)
 from provision.roles import evaluate, load_role, render
 from provision.roles import template_variables

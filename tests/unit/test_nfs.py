@@ -12,13 +12,13 @@ import pytest
 import yaml
 
 from provision.connection import CommandResult
-from provision.facts.mounts import (FstabEntry, MountInfo, MountPoint, MountState,
+from provision.facts.nfs import (FstabEntry, MountInfo, MountPoint, MountState,
                                     exports_path, parse_fstab_line)
 from provision.facts.system import Os, OsInfo
 from provision.inventory import Host, load_inventory
 from provision.operations import REGISTRY, Change, Failure, HostContext, NoChange
 from provision.operations.files import BACKUP_SUFFIX
-from provision.operations.nfs_ops import SENTINEL_PREFIX, nfs_shared, nfs_source
+from provision.operations.nfs import SENTINEL_PREFIX, nfs_shared, nfs_source
 from provision.plan import Status
 from provision.roles import check_context, load_role
 from provision.runner import RunOptions, run_roles

@@ -12,8 +12,8 @@ import pytest
 
 from provision.errors import ProvisionError
 from provision.facts.base import batch_script, split_batch_output
-from provision.facts.gpu import HEADER_ARGV, QUERY_ARGV, SEPARATOR, GpuReport, NvidiaGpus
-from provision.nvidia import (
+from provision.facts.nvidia import HEADER_ARGV, QUERY_ARGV, SEPARATOR, GpuReport, NvidiaGpus
+from provision.operations.nvidia import (
     DRIVER_REQUIREMENTS,
     check_gpus,
     compare_versions,
@@ -343,7 +343,7 @@ class GpuSession:
 
 def test_gpu_models_reads_the_runs_facts_without_another_round_trip():
     from provision.checks import CheckContext
-    from provision.operations.nvidia_checks import gpu_models
+    from provision.operations.nvidia import gpu_models
     role = type("Role", (), {"name": "nvidia"})()
     sessions = {"g1": GpuSession("g1", 8, {NvidiaGpus(): fixture_report("a100x8")}),
                 "g2": GpuSession("g2", 8, {NvidiaGpus(): fixture_report("h100x8")}),

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from provision.facts.files import CommandStatus, PathInfo, PathState
-from provision.facts.gpu import SEPARATOR, NvidiaGpus
+from provision.facts.nvidia import SEPARATOR, NvidiaGpus
 from provision.facts.system import (CommandsPresent, DiskFree, FreeSpace, InstalledPackages, Os,
                                     OsInfo, ServiceState)
 from provision.inventory import Host

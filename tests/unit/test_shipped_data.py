@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import provision
-from provision.operations.conda_ops import DEFAULT_ENV_FILE
+from provision.operations.conda import DEFAULT_ENV_FILE
 from provision.roles import ROLES_DIR
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import pytest
 import yaml
 from jinja2.exceptions import SecurityError
 
-from provision.operations.nfs_ops import _clients_by_share
+from provision.operations.nfs import _clients_by_share
 from provision.inventory import load_inventory
 from provision.roles import check_context, load_role, render
 from provision.setup import known_settings

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from provision import conda_installer
+from provision.operations import conda_installer
 from provision._shipped import shipped
 from provision.checks import CheckContext, cluster_check
 from provision.facts.conda import (

@@ -3,26 +3,84 @@ limit; chrony waits for its first sync after a (re)start; clocks agree across ho
 
 The skew across hosts is measured from the controller, over the connections the run has open
 (one more remote command per host): each host's clock is read a few times in that command, and
-the reading with the shortest round trip counts (see provision/clock_skew.py).
+the reading with the shortest round trip counts, placed at the middle of its round trip,
+(t_send + t_receive) / 2 on the controller's clock: the host's clock differs from the
+controller's by `remote - middle`, give or take half the round trip, and the controller's own
+error cancels out of the spread between hosts. train's pre-launch check uses the same readings.
 """
 
 from __future__ import annotations
 
 import math
 import shlex
+import statistics
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import paramiko
 
-from provision.clock_skew import ClockReading, parse_remote_ns, skew_verdict
 from provision.checks import CheckContext, cluster_check
 from provision.errors import HostUnreachable
-from provision.facts.clock import CHRONY_SOURCE_STATES, CHRONYD, DAEMONS, ClockState, TimeSync
+from provision.facts.ntp import CHRONY_SOURCE_STATES, CHRONYD, DAEMONS, ClockState, TimeSync
 from provision.operations.base import (Change, Command, FactValues, Failure, HostContext,
                                        NoChange, operation)
 from provision.plan import Status, TaskResult
 from provision.settings import Setting
+
+
+# -- clocks read from the controller, and their skew ------------------------------------------
+
+@dataclass(frozen=True)
+class ClockReading:
+    """A host's clock read from the controller: remote time between two controller times (ns)."""
+
+    host: str
+    sent_ns: int
+    remote_ns: int
+    received_ns: int
+
+    @property
+    def offset_ms(self) -> float:
+        """The host's clock minus the controller's, taking the reading at mid round trip."""
+        return (2 * self.remote_ns - self.sent_ns - self.received_ns) / 2e6   # exact until here
+
+    @property
+    def uncertainty_ms(self) -> float:
+        """Half the round trip: the reading happened somewhere inside it."""
+        return (self.received_ns - self.sent_ns) / 2 / 1e6
+
+
+def parse_remote_ns(stdout: str) -> int:
+    """`date +%s.%N` as integer nanoseconds (ValueError when the date has no %N, e.g. busybox)."""
+    seconds, _, fraction = stdout.strip().partition(".")
+    if not seconds.isdigit() or len(fraction) != 9 or not fraction.isdigit():
+        raise ValueError(f"unexpected clock reading {stdout.strip()[:40]!r} (needs GNU date)")
+    return int(seconds) * 10**9 + int(fraction)
+
+
+@dataclass(frozen=True)
+class SkewVerdict:
+    spread_ms: float
+    uncertainty_ms: float        # of the spread: the extreme hosts' half round trips together
+    outliers: frozenset[str]     # hosts whose clock is off the pack when the spread is too wide
+    reference: str               # the host whose clock is closest to the median
+    median_ms: float
+
+
+def skew_verdict(readings: list[ClockReading], max_skew_ms: float) -> SkewVerdict:
+    """The spread of the hosts' clocks, and which hosts make it exceed `max_skew_ms`: those more
+    than half the limit from the median (there is at least one when the spread exceeds it)."""
+    offsets = {r.host: r.offset_ms for r in readings}
+    uncertainty = {r.host: r.uncertainty_ms for r in readings}
+    high = max(offsets, key=lambda h: offsets[h])
+    low = min(offsets, key=lambda h: offsets[h])
+    spread = offsets[high] - offsets[low]
+    median = statistics.median(offsets.values())
+    outliers = frozenset(h for h, o in offsets.items() if abs(o - median) > max_skew_ms / 2) \
+        if spread > max_skew_ms else frozenset()
+    reference = min(offsets, key=lambda h: abs(offsets[h] - median))
+    return SkewVerdict(spread, uncertainty[high] + uncertainty[low], outliers, reference, median)
 
 # How often `chronyc waitsync` asks chronyd whether it is synchronised.
 WAITSYNC_INTERVAL_S = 0.5

@@ -6,6 +6,9 @@ provision makes carries TAG (plus a fingerprint of the wanted sources and ports)
 so a re-run recognises its own rules, replaces them when the wanted state changed, and never
 touches anyone else's. Rules only ever accept the cluster or drop non-cluster sources on the
 training ports, so SSH (or any other port) is never affected.
+
+Longer than ~300 lines because it speaks four firewalls (nftables, iptables, ufw,
+firewalld), each with its own rule syntax and persistence, behind one plan.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from provision.checks import CheckContext, cluster_check
 from provision.facts.files import PathState
-from provision.facts.mounts import FstabEntry, MountState, exports_path, parse_fstab_line
+from provision.facts.nfs import FstabEntry, MountState, exports_path, parse_fstab_line
 from provision.facts.system import InstalledPackages, Os
 from provision.operations.base import (Change, Command, FactValues, Failure, HostContext,
                                        NoChange, operation)
