@@ -41,95 +41,114 @@ def _selected(task: Task, role: Role, tags: frozenset[str]) -> bool:
     return not tags or bool(tags & {role.name, *task.tags})
 
 
+@dataclass(frozen=True)
+class BoundTask:
+    """A task as it runs on one host: its arguments rendered (None: its `when:` is false)."""
+
+    role: Role
+    task: Task
+    args: dict[str, Any] | None
+    context: HostContext
+
+    def result(self, status: Status, message: str, diff: str | None = None,
+               output: str | None = None) -> TaskResult:
+        """Every result of a task on a host is built here."""
+        return TaskResult(self.context.host.name, self.role.name, self.task.name, status,
+                          message, diff, output)
+
+
+def bind_tasks(host: Host, inventory: Inventory, roles: list[Role],
+               options: RunOptions) -> tuple[list[BoundTask], TaskResult | None]:
+    """The selected tasks of `roles` for `host`, arguments rendered and checked; or, with the
+    tasks bound so far, the FAILED result of the first task that cannot be."""
+    bound: list[BoundTask] = []
+    for role in roles:
+        variables = template_variables(inventory, host, role)
+        context = HostContext(host, role.path, variables)
+        for task in role.tasks:
+            if not _selected(task, role, options.tags):
+                continue
+            unbound = BoundTask(role, task, None, context)
+            try:
+                if task.when is not None and not evaluate(task.when, variables):
+                    bound.append(unbound)
+                    continue
+                args = render(task.args, variables)
+            except Exception as exc:  # jinja2 errors name the missing variable
+                return bound, unbound.result(Status.FAILED,
+                                             f"{task.where}: cannot render task: {exc}")
+            problems = check_args(task, args)
+            if problems:
+                return bound, unbound.result(Status.FAILED, "; ".join(problems))
+            bound.append(BoundTask(role, task, args, context))
+    return bound, None
+
+
 def run_roles(session: HostSession, inventory: Inventory, roles: list[Role],
               options: RunOptions, listener: Listener, results: list[TaskResult],
               relay: Relay | None = None) -> None:
     """Plan and (unless checking) apply `roles` on one host, appending to `results`. `relay`:
     the run's, shared by its hosts, for the files commands need (default: from the controller)."""
-    host = session.connection.host
 
     def report(result: TaskResult) -> None:
         results.append(result)
         listener(result)
 
-    # (role, task, rendered args or None when its condition is not met, context)
-    bound: list[tuple[Role, Task, dict | None, HostContext]] = []
-    for role in roles:
-        variables = template_variables(inventory, host, role)
-        ctx = HostContext(host, role.path, variables)
-        for task in role.tasks:
-            if not _selected(task, role, options.tags):
-                continue
-            try:
-                if task.when is not None and not evaluate(task.when, variables):
-                    bound.append((role, task, None, ctx))
-                    continue
-                args = render(task.args, variables)
-            except Exception as exc:  # jinja2 errors name the missing variable
-                report(TaskResult(host.name, role.name, task.name, Status.FAILED,
-                                  f"{task.where}: cannot render task: {exc}"))
-                return
-            problems = check_args(task, args)
-            if problems:
-                report(TaskResult(host.name, role.name, task.name, Status.FAILED,
-                                  "; ".join(problems)))
-                return
-            bound.append((role, task, args, ctx))
-
+    bound, failure = bind_tasks(session.connection.host, inventory, roles, options)
+    if failure is not None:
+        report(failure)
+        return
     facts: dict[Fact, Any] = {}
     stale = True
     changed: set[tuple[str, str]] = set()
     failed_roles: set[str] = set()
-    for index, (role, task, args, ctx) in enumerate(bound):
+    for index, bound_task in enumerate(bound):
+        role, task, args = bound_task.role, bound_task.task, bound_task.args
+        result = bound_task.result
         session.begin(role.name, task.name)
         if role.name in failed_roles:
-            report(TaskResult(host.name, role.name, task.name, Status.SKIPPED,
-                              "an earlier task of this role failed"))
+            report(result(Status.SKIPPED, "an earlier task of this role failed"))
             continue
         if args is None:
-            report(TaskResult(host.name, role.name, task.name, Status.SKIPPED,
-                              f"condition not met: {task.when}"))
+            report(result(Status.SKIPPED, f"condition not met: {task.when}"))
             continue
         if task.if_changed and not any((role.name, t) in changed for t in task.if_changed):
-            report(TaskResult(host.name, role.name, task.name, Status.SKIPPED,
-                              f"none of {', '.join(task.if_changed)} changed"))
+            report(result(Status.SKIPPED, f"none of {', '.join(task.if_changed)} changed"))
             continue
         if stale:
-            wanted = [f for _, t, a, _ in bound[index:] if a is not None for f in t.op.facts(a)]
+            wanted = [f for later in bound[index:] if later.args is not None
+                      for f in later.task.op.facts(later.args)]
             try:
                 facts = session.gather(wanted)
             except ValueError as exc:
-                report(TaskResult(host.name, role.name, task.name, Status.FAILED,
-                                  f"cannot read facts: {exc}"))
+                report(result(Status.FAILED, f"cannot read facts: {exc}"))
                 return
             stale = False
         try:
-            outcome = task.op.plan(args, facts, ctx)
+            outcome = task.op.plan(args, facts, bound_task.context)
         except ValueError as exc:
             outcome = Failure(f"{task.where}: {exc}")
-        if isinstance(outcome, NoChange):
-            report(TaskResult(host.name, role.name, task.name, Status.OK, outcome.reason))
-        elif isinstance(outcome, Skip):
-            report(TaskResult(host.name, role.name, task.name, Status.SKIPPED, outcome.reason))
-        elif isinstance(outcome, Failure):
-            report(TaskResult(host.name, role.name, task.name, Status.FAILED, outcome.reason))
-            if not options.check:
-                return
-            # Checking changes nothing, so the other roles are still worth reading.
-            failed_roles.add(role.name)
+        if isinstance(outcome, (NoChange, Skip, Failure)):
+            status = {NoChange: Status.OK, Skip: Status.SKIPPED,
+                      Failure: Status.FAILED}[type(outcome)]
+            report(result(status, outcome.reason))
+            if status is Status.FAILED:
+                if not options.check:
+                    return
+                # Checking changes nothing, so the other roles are still worth reading.
+                failed_roles.add(role.name)
         elif isinstance(outcome, Change):
             if not options.check:
                 for command in outcome.commands:
-                    result = (relay or Relay()).run(session, command)
-                    if not result.ok:
-                        report(TaskResult(host.name, role.name, task.name, Status.FAILED,
-                                          f"{outcome.description}: {result.describe_failure()}",
-                                          outcome.diff, result.stdout + result.stderr))
+                    done = (relay or Relay()).run(session, command)
+                    if not done.ok:
+                        report(result(Status.FAILED,
+                                      f"{outcome.description}: {done.describe_failure()}",
+                                      outcome.diff, done.stdout + done.stderr))
                         return
                 stale = True
             changed.add((role.name, task.name))
-            report(TaskResult(host.name, role.name, task.name, Status.CHANGED,
-                              outcome.description, outcome.diff))
+            report(result(Status.CHANGED, outcome.description, outcome.diff))
 
 
 def run_cluster_checks(sessions: dict[str, HostSession], results: dict[str, HostResult],

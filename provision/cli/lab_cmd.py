@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from typing import NoReturn
-
 import click
 
+from provision.cli import fail
 from provision.cli.output import emit
 from provision.errors import LabError
 from provision.lab import DEFAULT_HOSTS, DEFAULT_NAME, DEFAULT_SUBNET, Lab
@@ -24,12 +23,7 @@ def open_lab(name: str, directory: str | None, subnet: str | None = None) -> Lab
     try:
         return Lab(name, directory, subnet)
     except LabError as exc:
-        fail(exc)
-
-
-def fail(exc: LabError) -> NoReturn:
-    emit(click.style("error: ", fg="red", bold=True) + str(exc), err=True)
-    raise SystemExit(EXIT_LAB_ERROR)
+        fail(str(exc), EXIT_LAB_ERROR)
 
 
 @click.group()
@@ -53,7 +47,7 @@ def up_cmd(name: str, directory: str | None, hosts: int, subnet: str | None,
     try:
         the_lab.up(hosts, training)
     except LabError as exc:
-        fail(exc)
+        fail(str(exc), EXIT_LAB_ERROR)
     show(the_lab)
     first = the_lab.hosts[0]
     emit(f"\ninventory: {the_lab.inventory_path}")
@@ -70,7 +64,7 @@ def down_cmd(name: str, directory: str | None) -> None:
     try:
         the_lab.down()
     except LabError as exc:
-        fail(exc)
+        fail(str(exc), EXIT_LAB_ERROR)
     emit(f"lab {name} is down")
 
 
@@ -91,7 +85,7 @@ def show(the_lab: Lab) -> bool:
     try:
         statuses = the_lab.status()
     except LabError as exc:
-        fail(exc)
+        fail(str(exc), EXIT_LAB_ERROR)
     width = max(len(s.name) for s in statuses)
     emit(f"{'HOST'.ljust(width)}  {'ADDRESS':15}  {'INIT PID':>8}  SSHD  SSH:22")
     for s in statuses:

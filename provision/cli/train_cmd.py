@@ -21,6 +21,7 @@ from provision.errors import HostUnreachable, ProvisionError
 from provision.relay import Relay
 from provision.relay.firewall import firewall_peers
 from provision.relay.report import describe
+from provision.operations.conda import env_path
 from provision.roles import load_role
 from provision.session import HostSession
 from provision.train import build_train_config, node_command
@@ -36,8 +37,9 @@ def new_run_id() -> str:
 
 
 def default_python(host_vars: dict) -> str:
-    prefix = host_vars.get("conda_prefix", "/opt/miniconda3")
-    return f"{prefix}/envs/{host_vars.get('conda_env_name', 'train')}/bin/python"
+    """The training environment's python, where the conda role builds it for this host."""
+    variables = load_role("conda").variables(host_vars)
+    return f"{env_path(variables['conda_prefix'], variables['conda_env_name'])}/bin/python"
 
 
 def report(result: JobResult) -> None:

@@ -26,6 +26,7 @@ from provision.operations import REGISTRY, Change, Command, HostContext, NoChang
 from provision.operations.files import BACKUP_SUFFIX, write_file_script
 
 CASES_DIR = Path(__file__).resolve().parent / "cases" / "operations"
+REPO = Path(__file__).resolve().parents[2]
 NVIDIA_CAPTURES = Path(__file__).resolve().parents[1] / "fixtures" / "nvidia"
 # Operations whose plans need more than small data (real commands, a real installer, captured
 # chrony and mount output...): each is planned by its own module, which must name it.
@@ -87,6 +88,10 @@ def fact_value(fact, spec):
 
 
 def role_dir_for(case: dict, tmp_path: Path) -> Path:
+    """The case's role folder: one of the repository's (`role_dir`), or one made of the case's
+    own templates and files."""
+    if "role_dir" in case:
+        return REPO / case["role_dir"]
     role = tmp_path / "role"
     for sub, key in (("templates", "templates"), ("files", "files")):
         (role / sub).mkdir(parents=True, exist_ok=True)
