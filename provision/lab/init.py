@@ -1,6 +1,6 @@
 """PID 1 of a lab host: builds its filesystem view, starts sshd, then reaps and forwards TERM.
 
-Run as `python -I -S lab_init.py CONFIG.json` by `unshare --mount --uts --ipc --pid --fork` inside
+Run as `python -I -S init.py CONFIG.json` by `unshare --mount --uts --ipc --pid --fork` inside
 the host's network namespace, so it starts as PID 1 of a fresh PID namespace. Standard library only:
 it runs before anything else exists in the host. Mounts go through mount(2) directly (no process
 per mount: that matters with 64 hosts on 2 cores). It mounts /proc itself, after first reading its

@@ -1,7 +1,7 @@
 """The local lab cluster: N hosts on this machine, each a set of namespaces with a real sshd.
 
 A host is a network namespace on the lab's bridge (its own address, no default route), plus the
-mount, UTS, IPC and PID namespaces of its init (provision/lab_init.py): private overlays of /etc
+mount, UTS, IPC and PID namespaces of its init (provision/lab/init.py): private overlays of /etc
 /opt /var /usr /root /home, tmpfs /run /tmp /dev/shm, per-host /srv and /mnt, the lab directory
 at /run/provision-lab. Everything the lab keeps lives in its directory:
 
@@ -33,9 +33,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from provision import lab_files, lab_init, lab_net, lab_procs
 from provision.errors import LabError
-from provision.lab_tools import Tools, find_tools
+from provision.lab import files as lab_files
+from provision.lab import init as lab_init
+from provision.lab import network as lab_net
+from provision.lab import processes as lab_procs
+from provision.lab.tools import Tools, find_tools
 
 DEFAULT_NAME = "plab"
 DEFAULT_SUBNET = "10.213.0.0/24"
