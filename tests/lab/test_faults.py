@@ -13,10 +13,9 @@ import time
 import uuid
 from pathlib import Path
 
-from provision import lab_net
 from provision.connection import ConnectOptions, HostConnection
 from provision.inventory import load_inventory
-from provision.lab import FIRST_HOST_OFFSET
+from provision.lab import FIRST_HOST_OFFSET, network
 from provision.session import HostSession
 from provision.train import build_train_config, node_command
 from provision.train.launch import Job
@@ -63,7 +62,7 @@ def start(*args) -> subprocess.Popen:
 def veth_of(lab, host) -> str:
     """The host's veth on the controller's side: down, and its link is cut."""
     index = int(host.address.rsplit(".", 1)[1]) - FIRST_HOST_OFFSET + 1
-    return lab_net.veth_name(lab.name, index)
+    return network.veth_name(lab.name, index)
 
 
 class CutLink:

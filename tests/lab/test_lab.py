@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from provision import lab_procs
 from provision.errors import LabError
 from provision.inventory import load_inventory
-from provision.lab import Lab, LabHost, ssh_answers
-from provision.lab_tools import REQUIRED_PROGRAMS
+from provision.lab import Lab, LabHost, processes, ssh_answers
+from provision.lab.tools import REQUIRED_PROGRAMS
 
 # For the refusals: a lab that is never brought up, in the gitignored .lab/ of the repository.
 REFUSED_NAME = "plabz"
@@ -35,8 +34,8 @@ def ssh(lab: Lab, host: LabHost, command: str, user: str = "root",
 
 
 def pid_namespace_members(init_pid: int) -> list[int]:
-    namespace = lab_procs.pid_namespace(init_pid)
-    return [p for p in lab_procs.pids() if lab_procs.pid_namespace(p) == namespace]
+    namespace = processes.pid_namespace(init_pid)
+    return [p for p in processes.pids() if processes.pid_namespace(p) == namespace]
 
 
 def traces(lab: Lab) -> dict[str, set[str]]:
@@ -50,7 +49,7 @@ def traces(lab: Lab) -> dict[str, set[str]]:
         "netns": {line.split()[0] for line in netns.splitlines() if line.startswith(prefix)},
         "links": {link["ifname"] for link in links if link["ifname"].startswith(prefix)},
         "mounts": set(), "processes": set()}
-    for pid in lab_procs.pids():
+    for pid in processes.pids():
         try:
             mountinfo = Path(f"/proc/{pid}/mountinfo").read_text()
         except OSError:
@@ -58,7 +57,7 @@ def traces(lab: Lab) -> dict[str, set[str]]:
         # Any mount namespace (the machine's or a leftover host's) that still holds our mounts.
         found["mounts"] |= {line.split(" - ")[0].split()[4] for line in mountinfo.splitlines()
                             if str(lab.dir) in line or f"/run/netns/{prefix}" in line}
-        argv = " ".join(lab_procs.cmdline(pid))
+        argv = " ".join(processes.cmdline(pid))
         if str(lab.dir) in argv:
             found["processes"].add(f"{pid} {argv}")
     return found
@@ -157,10 +156,10 @@ def test_the_lab_dir_is_mounted_in_every_host(lab: Lab):
 def test_ps_inside_a_host_shows_only_that_host_and_orphans_are_reaped(lab: Lab):
     host = lab.hosts[0]
     listing = lab.sh(host, "ps -e -o pid=,comm=").stdout.split("\n")
-    processes = dict(line.split(None, 1) for line in listing if line.strip())
-    assert processes["1"].startswith("python")
-    assert "sshd" in processes.values()
-    assert len(processes) <= 6, processes
+    by_pid = dict(line.split(None, 1) for line in listing if line.strip())
+    assert by_pid["1"].startswith("python")
+    assert "sshd" in by_pid.values()
+    assert len(by_pid) <= 6, by_pid
     # The inner sh exits at once, so sleep is re-parented to the host's init, which must reap it.
     states = lab.sh(host, "sh -c 'sleep 0.2 & exit 0'; sleep 1; ps -e -o stat=,comm=").stdout
     assert "sleep" not in states and not any(s.startswith("Z") for s in states.split("\n"))
@@ -257,7 +256,7 @@ def test_grow_repair_and_down_leave_nothing_behind(scratch_lab: Lab):
     members = pid_namespace_members(two.init_pid)
     assert len(members) >= 2
     os.kill(two.init_pid, signal.SIGKILL)
-    assert lab_procs.wait_gone(members, 5) == []
+    assert processes.wait_gone(members, 5) == []
     assert not ssh_answers(two.address, 1)
     scratch_lab.up(2)
     assert scratch_lab.hosts[0].init_pid == first_pid
@@ -282,7 +281,7 @@ def test_term_to_a_hosts_init_stops_the_whole_host(scratch_lab: Lab):
     members = pid_namespace_members(host.init_pid)
     assert len(members) >= 2
     os.kill(host.init_pid, signal.SIGTERM)
-    assert lab_procs.wait_gone(members, 10) == []
+    assert processes.wait_gone(members, 10) == []
 
 
 def test_a_regenerated_host_key_is_refused_by_strict_ssh(scratch_lab: Lab):

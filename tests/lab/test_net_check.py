@@ -18,8 +18,8 @@ import sys
 
 import pytest
 
-from provision import lab_net
 from provision.errors import LabError
+from provision.lab import network
 
 SECONDS = "0.5"
 NIC = "1gbit"
@@ -27,7 +27,7 @@ SLOW = "20mbit"
 
 
 def lab_veth(lab, host: str) -> str:
-    return lab_net.veth_name(lab.name, [h.name for h in lab.hosts].index(host) + 1)
+    return network.veth_name(lab.name, [h.name for h in lab.hosts].index(host) + 1)
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provision import lab_procs
-from provision.lab import Lab
+from provision.lab import Lab, processes
 from provision.relay.scripts import AGENT
 
 PREFIX = "/opt/miniconda3"
@@ -85,17 +84,17 @@ def init_pids(lab: Lab) -> dict[str, int]:
 
 
 def relay_processes(lab: Lab, name: str) -> list[int]:
-    namespace = lab_procs.pid_namespace(init_pids(lab)[name])
-    return [pid for pid in lab_procs.pids() if is_agent(lab_procs.cmdline(pid))
-            and lab_procs.pid_namespace(pid) == namespace]
+    namespace = processes.pid_namespace(init_pids(lab)[name])
+    return [pid for pid in processes.pids() if is_agent(processes.cmdline(pid))
+            and processes.pid_namespace(pid) == namespace]
 
 
 def serving_host(namespaces: dict[str, str]) -> str | None:
     """The host whose relay program is serving a peer right now, if any."""
-    for pid in lab_procs.pids():
-        if is_agent(lab_procs.cmdline(pid), "serve"):
+    for pid in processes.pids():
+        if is_agent(processes.cmdline(pid), "serve"):
             host = next((n for n, ns in namespaces.items()
-                         if ns == lab_procs.pid_namespace(pid)), None)
+                         if ns == processes.pid_namespace(pid)), None)
             if host is not None:
                 return host
     return None
@@ -152,7 +151,7 @@ def test_a_host_killed_mid_relay_leaves_the_others_complete_and_a_rerun_complete
                               "--role", "conda", "--json"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     inits = init_pids(scratch_lab)
-    namespaces = {name: lab_procs.pid_namespace(pid) for name, pid in inits.items()}
+    namespaces = {name: processes.pid_namespace(pid) for name, pid in inits.items()}
     victim = None
     deadline = time.monotonic() + 300
     while victim is None and setup.poll() is None and time.monotonic() < deadline:

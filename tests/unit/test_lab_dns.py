@@ -1,11 +1,11 @@
-"""The lab hosts' resolver stub (provision/lab_init.py): DNS answers built from /etc/hosts."""
+"""The lab hosts' resolver stub (provision/lab/init.py): DNS answers built from /etc/hosts."""
 
 from __future__ import annotations
 
 import socket
 import struct
 
-from provision.lab_init import dns_answer
+from provision.lab.init import dns_answer
 
 TABLE = {"lab1": "10.9.0.11", "lab2": "10.9.0.12"}
 

@@ -1,6 +1,6 @@
 """PID 1 of a lab host: builds its filesystem view, starts sshd, then reaps and forwards TERM.
 
-Run as `python -I -S lab_init.py CONFIG.json` by `unshare --mount --uts --ipc --pid --fork` inside
+Run as `python -I -S init.py CONFIG.json` by `unshare --mount --uts --ipc --pid --fork` inside
 the host's network namespace, so it starts as PID 1 of a fresh PID namespace. Standard library only:
 it runs before anything else exists in the host. Mounts go through mount(2) directly (no process
 per mount: that matters with 64 hosts on 2 cores). It mounts /proc itself, after first reading its
@@ -126,10 +126,15 @@ def serve_dns(sock: socket.socket) -> None:
             sock.sendto(answer, peer)
 
 
-def write_file(path: str, text: str, mode: int) -> None:
-    """Replace a file atomically (write a sibling, then rename over)."""
-    temp = f"{path}.tmp-{os.getpid()}"
-    with open(temp, "w") as handle:
+def write_atomic(path: str | os.PathLike, text: str, mode: int = 0o644) -> None:
+    """Write a sibling file with its final mode, then rename it over `path`.
+
+    The lab's one copy: this script runs standalone (`python -I -S`), so it imports nothing of
+    provision, and the controller's side imports it from here."""
+    directory, name = os.path.split(os.fspath(path))
+    temp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as handle:
         handle.write(text)
     os.chmod(temp, mode)
     os.replace(temp, path)
@@ -189,7 +194,7 @@ def create_users(config: dict) -> None:
         _run([config["useradd"], "--create-home", "--shell", "/bin/bash", "--user-group", user])
         password = _read(config["password_file"]).strip()
         _run([config["chpasswd"]], stdin=f"{user}:{password}\n")
-        write_file(SUDOERS_FILE, f"{user} ALL=(ALL:ALL) ALL\n", 0o440)
+        write_atomic(SUDOERS_FILE, f"{user} ALL=(ALL:ALL) ALL\n", 0o440)
     with open("/etc/shadow") as handle:
         root_locked = any(line.startswith("root:!") for line in handle)
     if root_locked:
@@ -205,7 +210,7 @@ def create_users(config: dict) -> None:
         keys_path = os.path.join(ssh_dir, "authorized_keys")
         keys = _read(keys_path) if os.path.exists(keys_path) else ""
         if config["authorized_key"] not in keys.splitlines():
-            write_file(keys_path, keys + config["authorized_key"] + "\n", 0o600)
+            write_atomic(keys_path, keys + config["authorized_key"] + "\n", 0o600)
         for path in (ssh_dir, keys_path):
             os.chown(path, uid, gid)
 
@@ -215,14 +220,14 @@ def fresh_root_shell() -> None:
     over SSH, and this machine's own (pyenv or conda init, say) would add ~0.1 s of CPU to each
     round trip on every host, which no lab figure should carry."""
     skel = "/etc/skel/.bashrc"
-    write_file("/root/.bashrc", _read(skel) if os.path.exists(skel) else "", 0o644)
+    write_atomic("/root/.bashrc", _read(skel) if os.path.exists(skel) else "")
 
 
 def boot(config: dict) -> socket.socket:
     socket.sethostname(config["hostname"])
     build_filesystem(config)
-    write_file("/etc/hosts", hosts_file(json.loads(_read(config["hosts_json"]))), 0o644)
-    write_file("/etc/resolv.conf", f"nameserver {DNS_ADDRESS}\n", 0o644)
+    write_atomic("/etc/hosts", hosts_file(json.loads(_read(config["hosts_json"]))))
+    write_atomic("/etc/resolv.conf", f"nameserver {DNS_ADDRESS}\n")
     dns = dns_socket()
     create_users(config)
     fresh_root_shell()
@@ -268,9 +273,9 @@ def main(config_path: str) -> int:
     try:
         dns = boot(config)
     except (OSError, RuntimeError, KeyError, ValueError) as exc:   # reported via the boot file
-        write_file(config["boot_file"], json.dumps({"pid": machine_pid, "error": str(exc)}), 0o644)
+        write_atomic(config["boot_file"], json.dumps({"pid": machine_pid, "error": str(exc)}))
         return 1
-    write_file(config["boot_file"], json.dumps({"pid": machine_pid}), 0o644)
+    write_atomic(config["boot_file"], json.dumps({"pid": machine_pid}))
     reap_forever(dns)
     return 0
 

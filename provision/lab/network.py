@@ -17,7 +17,20 @@ from pathlib import Path
 
 from provision.errors import LabError
 
+DEFAULT_SUBNET = "10.213.0.0/24"
+FIRST_HOST_OFFSET = 11        # hosts are .11, .12, ...; the bridge (the controller) is .1
 HOST_IFNAME = "eth0"
+
+
+def parse_subnet(text: str) -> ipaddress.IPv4Network:
+    try:
+        network = ipaddress.ip_network(text)
+    except ValueError as exc:
+        raise LabError(f"subnet {text!r} is not a network address: {exc}") from exc
+    if network.version != 4 or not network.is_private or network.prefixlen > 28:
+        raise LabError(f"subnet {text} must be a private IPv4 network of at least /28 "
+                       "(e.g. 10.213.0.0/24)")
+    return network
 
 
 def bridge_name(lab: str) -> str:
@@ -136,3 +149,62 @@ def leftovers(ip_path: str, lab: str, host_prefix: str) -> tuple[list[str], list
     veth_pattern = re.compile(rf"{re.escape(lab)}-v\d+")
     return ([n for n in netns_list(ip_path) if ns_pattern.fullmatch(n)],
             [v for v in links(ip_path) if veth_pattern.fullmatch(v)])
+
+
+@dataclass(frozen=True)
+class LabNetwork:
+    """One lab's addresses, bridge and host links: what `up` creates and `down` removes."""
+
+    lab: str
+    dir: Path            # the bridge's alias names it as the owner
+    subnet: ipaddress.IPv4Network
+    host_prefix: str
+
+    @property
+    def bridge(self) -> str:
+        return bridge_name(self.lab)
+
+    @property
+    def capacity(self) -> int:
+        """How many hosts the subnet holds (veth names allow 3 digits)."""
+        return min(self.subnet.num_addresses - FIRST_HOST_OFFSET - 1, 999)
+
+    def address(self, index: int) -> str:
+        """The address of the host at 0-based `index`."""
+        return str(self.subnet.network_address + FIRST_HOST_OFFSET + index)
+
+    def netns(self, host: str) -> str:
+        return netns_name(self.lab, host)
+
+    def veth(self, address: str) -> str:
+        index = int(ipaddress.ip_address(address)) - int(self.subnet.network_address)
+        return veth_name(self.lab, index - FIRST_HOST_OFFSET + 1)
+
+    def set_up(self, ip_path: str) -> None:
+        """The bridge, with the controller's address, on a subnet nothing else routes."""
+        check_subnet_free(ip_path, self.subnet, self.bridge)
+        ensure_bridge(ip_path, self.bridge, f"{self.subnet.network_address + 1}/"
+                      f"{self.subnet.prefixlen}", bridge_alias(self.dir))
+
+    def remove_leftovers(self, ip_path: str, keep: dict[str, str]) -> None:
+        """Pieces of a crashed run, but those of the running hosts in `keep` (name -> address):
+        of the hosts to start, and of hosts the lab no longer has."""
+        stale_netns, stale_veths = leftovers(ip_path, self.lab, self.host_prefix)
+        kept = {self.netns(n) for n in keep} | {self.veth(a) for a in keep.values()}
+        remove(ip_path, [n for n in stale_netns if n not in kept],
+               [v for v in stale_veths if v not in kept])
+
+    def connect(self, ip_path: str, hosts: dict[str, str]) -> None:
+        """A netns and a veth on the bridge for each host (name -> address)."""
+        prefix = f"/{self.subnet.prefixlen}"
+        add_hosts(ip_path, self.bridge, [HostLink(self.netns(name), self.veth(address),
+                                                  address + prefix)
+                                         for name, address in hosts.items()])
+
+    def tear_down(self, ip_path: str, hosts: list[str]) -> None:
+        """Remove the hosts' netns, every leftover and the bridge, unless another lab directory
+        owns the bridge."""
+        if links(ip_path).get(self.bridge) in (None, bridge_alias(self.dir)):
+            stale_netns, stale_veths = leftovers(ip_path, self.lab, self.host_prefix)
+            remove(ip_path, sorted(set(stale_netns) | {self.netns(h) for h in hosts}),
+                   stale_veths, self.bridge)
