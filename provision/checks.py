@@ -12,8 +12,9 @@ with it) and named in a role file's `cluster_checks:`.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from provision.plan import TaskResult
 
@@ -30,8 +31,16 @@ class CheckContext:
     role: "Role"
     check_mode: bool
     variables: dict[str, dict[str, Any]]      # per host: the role's variables, as its tasks saw
+    forks: int = 16                           # hosts asked at once (the run's --forks)
+
+    def map(self, function: "Callable[[str], T]", names: Iterable[str]) -> "list[T]":
+        """`function` of each host name, in order, `forks` hosts at once."""
+        names = list(names)
+        with ThreadPoolExecutor(max_workers=max(1, min(self.forks, len(names)))) as pool:
+            return list(pool.map(function, names))
 
 
+T = TypeVar("T")
 ClusterCheck = Callable[[CheckContext], "list[TaskResult]"]
 CLUSTER_CHECKS: dict[str, ClusterCheck] = {}
 

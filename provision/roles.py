@@ -84,12 +84,12 @@ def template_variables(inventory: Inventory, host: Host, role: Role | None) -> d
 
 
 def check_context(sessions: dict[str, HostSession], inventory: Inventory, role: Role,
-                  check_mode: bool) -> CheckContext:
+                  check_mode: bool, forks: int = 16) -> CheckContext:
     """What the role's cross-host checks are given: built once per role, each host's variables
     exactly as its tasks saw them."""
     return CheckContext(sessions, inventory, role, check_mode,
                         {name: template_variables(inventory, inventory.hosts[name], role)
-                         for name in sessions})
+                         for name in sessions}, forks)
 
 
 def _check_keys(mapping: dict, allowed: tuple[str, ...], where: str, what: str) -> list[str]:

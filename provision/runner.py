@@ -163,7 +163,7 @@ def run_cluster_checks(sessions: dict[str, HostSession], results: dict[str, Host
                    if results[name].status not in (Status.FAILED, Status.UNREACHABLE)}
         if not healthy:
             continue
-        context = check_context(healthy, inventory, role, options.check)
+        context = check_context(healthy, inventory, role, options.check, options.forks)
         for check in role.cluster_checks:
             try:
                 check_results = CLUSTER_CHECKS[check](context)

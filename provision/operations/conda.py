@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import shlex
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
@@ -236,8 +235,7 @@ def conda_env_versions(ctx: CheckContext) -> list[TaskResult]:
             return session.facts[facts[name]]
         return session.gather([facts[name]])[facts[name]]
 
-    with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
-        reports = dict(zip(facts, pool.map(read, facts)))
+    reports = dict(zip(facts, ctx.map(read, facts)))
     group = ctx.inventory.groups.get(TRAINING_GROUP)
     training = {n: r for n, r in reports.items()
                 if (group is None or n in group.hosts) and not r.error}

@@ -15,7 +15,6 @@ import posixpath
 import re
 import secrets
 import shlex
-from concurrent.futures import ThreadPoolExecutor
 
 from provision.checks import CheckContext, cluster_check
 from provision.facts.files import PathState
@@ -252,21 +251,24 @@ def nfs_shared(ctx: CheckContext) -> list[TaskResult]:
             reason = (f"nothing changed on the hosts mounting {source}; the check runs after "
                       "a change")
         else:
-            results += _exchange(sessions, clients, source, role.name, task)
+            results += _exchange(ctx, clients, source, task)
             continue
         results += [TaskResult(n, role.name, task, Status.SKIPPED, reason) for n in names]
     return results
 
 
-def _exchange(sessions, clients, source: str, role: str, task: str) -> list[TaskResult]:
+def _exchange(ctx: CheckContext, clients, source: str, task: str) -> list[TaskResult]:
+    sessions, role = ctx.sessions, ctx.role.name
     (writer, writer_mp), readers = clients[0], clients[1:]
     token = secrets.token_hex(16)
     name = SENTINEL_PREFIX + token
+    timeout = ["timeout", str(CHECK_TIMEOUT_S)]
 
     def at(mount_point: str) -> str:
-        return shlex.quote(posixpath.join(mount_point, name))
-    written = sessions[writer].run(f"timeout {CHECK_TIMEOUT_S} sh -c "
-                                   f"{shlex.quote(f'printf %s {token} > {at(writer_mp)}')}")
+        return posixpath.join(mount_point, name)
+    # argv lists: the paths reach the commands as arguments, never inside a shell string.
+    written = sessions[writer].run([*timeout, "sh", "-c", 'printf %s "$1" > "$2"', "sh", token,
+                                    at(writer_mp)])
     if not written.ok:
         return [TaskResult(writer, role, task, Status.FAILED,
                            f"cannot write a file in {writer_mp} ({written.describe_failure()}): "
@@ -274,9 +276,9 @@ def _exchange(sessions, clients, source: str, role: str, task: str) -> list[Task
             TaskResult(n, role, task, Status.SKIPPED, f"{writer} could not write the test file")
             for n, _ in readers]
 
-    def read(reader: tuple[str, str]) -> TaskResult:
-        host, mount_point = reader
-        done = sessions[host].run(f"timeout {CHECK_TIMEOUT_S} cat -- {at(mount_point)}")
+    def read(host: str) -> TaskResult:
+        mount_point = dict(readers)[host]
+        done = sessions[host].run([*timeout, "cat", "--", at(mount_point)])
         if done.ok and done.stdout == token:
             return TaskResult(host, role, task, Status.OK,
                               f"reads in {mount_point} the file {writer} wrote in {writer_mp}")
@@ -285,9 +287,8 @@ def _exchange(sessions, clients, source: str, role: str, task: str) -> list[Task
                           f"does not see in {mount_point} the file {writer} wrote in "
                           f"{writer_mp} ({seen}): are both mounted from {source}? compare "
                           f"`findmnt {mount_point}` on both hosts")
-    with ThreadPoolExecutor(max_workers=min(16, len(readers))) as pool:
-        results = list(pool.map(read, readers))
-    removed = sessions[writer].run(f"timeout {CHECK_TIMEOUT_S} rm -f -- {at(writer_mp)}")
+    results = ctx.map(read, [host for host, _ in readers])
+    removed = sessions[writer].run([*timeout, "rm", "-f", "--", at(writer_mp)])
     if removed.ok:
         results.insert(0, TaskResult(writer, role, task, Status.OK,
                                      f"wrote a file in {writer_mp} for {len(readers)} other "

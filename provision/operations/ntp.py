@@ -15,7 +15,6 @@ import math
 import shlex
 import statistics
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import paramiko
@@ -267,8 +266,7 @@ def ntp_skew(ctx: CheckContext) -> list[TaskResult]:
             return read_clock(sessions[name])
         except (ValueError, HostUnreachable) as exc:
             return TaskResult(name, role.name, task, Status.FAILED, str(exc))
-    with ThreadPoolExecutor(max_workers=min(16, len(sessions))) as pool:
-        outcomes = list(pool.map(read, sessions))
+    outcomes = ctx.map(read, sessions)
     failed = [o for o in outcomes if isinstance(o, TaskResult)]
     readings = [o for o in outcomes if isinstance(o, ClockReading)]
     if len(readings) < 2:

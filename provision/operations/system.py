@@ -49,11 +49,12 @@ STOP_WAIT_S = 10
 START_WAIT_S = 10
 
 
-def _poll(condition: str, seconds: int, message: str) -> list[str]:
-    """sh lines: test `condition` every 0.1 s; after `seconds`, print `message` (sh words) and
-    exit 1."""
+def _poll(condition: str, seconds: int, message: str, *shown: str) -> list[str]:
+    """sh lines: test `condition` every 0.1 s; after `seconds`, print `message` (text, quoted
+    here) followed by the values of the shell variables `shown`, and exit 1."""
+    words = " ".join([shlex.quote(message), *(f'"${name}"' for name in shown)])
     return [f"i=0; until {condition}; do",
-            f'  i=$((i + 1)); [ "$i" -le {seconds * 10} ] || {{ echo {message} >&2; exit 1; }}',
+            f'  i=$((i + 1)); [ "$i" -le {seconds * 10} ] || {{ echo {words} >&2; exit 1; }}',
             "  sleep 0.1",
             "done"]
 
@@ -66,8 +67,8 @@ def _without_systemd_script(unit: str, pidfile: str, start: list[str], stop_firs
     if stop_first:
         lines += ['if [ -n "$pid" ] && alive "$pid"; then',
                   '  kill -TERM "$pid"',
-                  *_poll('! alive "$pid"', STOP_WAIT_S, shlex.quote(
-                      f"{unit} did not exit within {STOP_WAIT_S} s of SIGTERM: pid ") + '"$pid"'),
+                  *_poll('! alive "$pid"', STOP_WAIT_S,
+                         f"{unit} did not exit within {STOP_WAIT_S} s of SIGTERM: pid", "pid"),
                   "fi"]
     # The start command's output goes to a file, never to this SSH channel: a daemon that kept
     # the channel's stdout open would hold the command (and the run) open forever.
@@ -78,9 +79,9 @@ def _without_systemd_script(unit: str, pidfile: str, start: list[str], stop_firs
               "fi",
               'rm -f "$out"',
               *_poll(f'new=$(head -n 1 {p} 2>/dev/null | tr -cd 0-9) && [ -n "$new" ] && '
-                     'alive "$new"', START_WAIT_S, shlex.quote(
-                         f"started {unit} ({argv}), but {pidfile} names no running process "
-                         f"after {START_WAIT_S} s"))]
+                     'alive "$new"', START_WAIT_S,
+                     f"started {unit} ({argv}), but {pidfile} names no running process "
+                     f"after {START_WAIT_S} s")]
     return "\n".join(lines) + "\n"
 
 

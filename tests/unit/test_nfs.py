@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from provision.connection import CommandResult
+from provision.connection import CommandResult, as_command
 from provision.facts.nfs import (FstabEntry, MountInfo, MountPoint, MountState,
                                     exports_path, parse_fstab_line)
 from provision.facts.system import Os, OsInfo
@@ -416,9 +416,9 @@ class LocalHost(FactHost):
 
     def run(self, command, stdin=None):
         self.round_trips += 1
-        done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, timeout=30,
-                              check=False)
-        return CommandResult(command, done.returncode, done.stdout, done.stderr)
+        done = subprocess.run(["sh", "-c", as_command(command)], capture_output=True, text=True,
+                              timeout=30, check=False)
+        return CommandResult(as_command(command), done.returncode, done.stdout, done.stderr)
 
 
 def cluster(tmp_path: Path, mount_points: dict[str, Path], changed: bool = True):

@@ -64,6 +64,21 @@ def os_info(spec: dict) -> OsInfo:
                   systemd=spec.get("systemd", False))
 
 
+def fact_key(fact, given: dict) -> str:
+    """A fact's entry in a case: `Class(first argument)` where the case names it so (an operation
+    may ask two facts of one class: two paths, say), else `Class`."""
+    first = next(iter(vars(fact).values()), "")
+    named = f"{type(fact).__name__}({first})"
+    return named if named in given else type(fact).__name__
+
+
+def test_a_case_tells_two_facts_of_one_class_apart_by_their_argument():
+    src, dest = PathState("/etc/a"), PathState("/etc/b")
+    given = {"PathState(/etc/a)": None, "PathState(/etc/b)": {"kind": "directory"}}
+    assert [fact_key(f, given) for f in (src, dest)] == list(given)
+    assert fact_key(Os(), {"Os": {}}) == "Os"
+
+
 def fact_value(fact, spec):
     if isinstance(fact, PathState):
         return path_info(spec, fact)
@@ -118,9 +133,10 @@ def plan(case: dict, tmp_path: Path):
     args = resolve_args(case["args"], role)
     wanted = op.facts(args)
     given = case.get("facts") or {}
-    assert sorted(type(f).__name__ for f in wanted) == sorted(given), \
+    keys = {fact: fact_key(fact, given) for fact in wanted}
+    assert sorted(keys.values()) == sorted(given), \
         "the case must give exactly the facts the operation asks for"
-    facts = {fact: fact_value(fact, given[type(fact).__name__]) for fact in wanted}
+    facts = {fact: fact_value(fact, given[key]) for fact, key in keys.items()}
     ctx = HostContext(HOST, role_dir=role, variables=case.get("variables") or {})
     return op.plan(args, facts, ctx), role
 
