@@ -2,11 +2,12 @@
 
     preflight  ━━━━━━━━━━━━━━━━━━━━  16/16  changed 0  failed 0
     conda      ━━━━━━━━╸───────────   6/16  changed 6  failed 1  environment: 10 hosts, 2m13s (gpu07)
-    conda      ━━╸─────────────────   1/16  changed 1  failed 0  Miniconda installed: 15 hosts, 41s (gpu02, 96/141 MB sent)
+    conda      ━━╸─────────────────   1/16  changed 1  failed 0  Miniconda installed: 15 hosts, 41s (gpu02), gpu05: 96/141 MB sent
 
 A role's bar counts the hosts done with it (or stopped before it by a failure); its last column
-names the task that the slowest hosts are on and for how long (and how much of a file it needs
-has reached the slowest host, where one is being sent), so a long conda build is seen moving. CHANGED and FAILED lines print above the view as they happen, OK and SKIPPED ones only
+names the task that the slowest hosts are on and for how long (and, while a file the task needs
+is on its way to them, how much has reached the host furthest behind), so a long conda build or
+installer push is seen moving. CHANGED and FAILED lines print above the view as they happen, OK and SKIPPED ones only
 when verbose. Off a terminal none of this is used: plain lines stay greppable.
 """
 
@@ -129,11 +130,16 @@ class LiveView:
             return ""
         since, host, task = min(on_it)
         count = sum(1 for _, _, t in on_it if t == task)
-        text = f"{task}: {count} host{'s' if count != 1 else ''}, {duration(now - since)} ({host}"
-        if host in self._sent:
-            done, total = self._sent[host]
-            text += f", {done / 2**20:.0f}/{total / 2**20:.0f} MB sent"
-        return text + ")"
+        text = f"{task}: {count} host{'s' if count != 1 else ''}, {duration(now - since)} ({host})"
+        # Of the files still on their way to hosts on this task (1 MB or more), the one
+        # furthest behind.
+        sending = [(*self._sent[name], name) for _, name, t in on_it
+                   if t == task and name in self._sent]
+        sending = sorted(s for s in sending if s[0] < s[1] and s[1] >= 2**20)
+        if sending:
+            done, total, name = sending[0]
+            text += f", {name}: {done / 2**20:.0f}/{total / 2**20:.0f} MB sent"
+        return text
 
     def refresh(self) -> None:
         if self._live is not None:

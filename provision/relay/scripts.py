@@ -41,8 +41,8 @@ def _receive(path: str, sha256: str, size: int) -> list[str]:
         # directory with its last copy) just now may have beaten us to it; then again.
         "for try in 1 2 3; do",
         f"  mkdir -p -- {d}",
-        '  if { : >> "$part"; } 2>/dev/null; then',
-        '    exec 8>> "$part"',
+        # `command`: a failed redirection of exec ends the shell otherwise (the directory gone).
+        '  if { command exec 8>> "$part"; } 2>/dev/null; then',
         "    flock 8",
         '    [ "$part" -ef /dev/fd/8 ] && break',
         "  fi",

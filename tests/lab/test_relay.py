@@ -215,6 +215,6 @@ def test_on_a_terminal_the_installer_push_shows_how_much_has_reached_the_host(
     code, screen = terminal("setup", inventory, "--role", "conda", columns=160)
     assert code == 0, screen
     size = big_installer.stat().st_size / 2**20
-    sent = {int(done) for done, total in re.findall(r"\((?:\S+), (\d+)/(\d+) MB sent\)", screen)
+    sent = {int(done) for done, total in re.findall(r", \S+: (\d+)/(\d+) MB sent", screen)
             if abs(int(total) - size) <= 1}
     assert sent and max(sent) > 0, screen[-3000:]

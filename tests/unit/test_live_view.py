@@ -146,11 +146,22 @@ def test_on_a_terminal_the_live_view_shows_changes_and_failures_above_it(capsys)
     assert "ntp" in out and "changed 1" in out and "failed 1" in out     # the view's last frame
 
 
-def test_a_file_being_sent_to_the_slowest_host_shows_how_much_is_there():
-    live, console, clock = view(width=140)
+def test_a_file_on_its_way_shows_how_much_reached_the_host_furthest_behind():
+    live, console, clock = view(width=150)
     live.started("gpu1", "conda", "Miniconda installed")
-    live.sent("gpu1", 96 << 20, 141 << 20)
-    clock.now += 41
-    assert "Miniconda installed: 1 host, 41s (gpu1, 96/141 MB sent)" in frame(live, console)[-1]
-    live.started("gpu1", "conda", "training environment")       # the next task: no file
-    assert frame(live, console)[-1].endswith("training environment: 1 host, 0s (gpu1)")
+    clock.now += 1
+    for host in ("gpu2", "gpu3"):
+        live.started(host, "conda", "Miniconda installed")
+    live.sent("gpu2", 96 << 20, 141 << 20)
+    live.sent("gpu3", 12 << 20, 141 << 20)
+    live.sent("gpu1", 141 << 20, 141 << 20)                     # gpu1 has it all
+    clock.now += 40
+    assert frame(live, console)[-1].endswith(
+        "Miniconda installed: 3 hosts, 41s (gpu1), gpu3: 12/141 MB sent")
+    live.sent("gpu3", 141 << 20, 141 << 20)
+    live.sent("gpu2", 141 << 20, 141 << 20)
+    assert frame(live, console)[-1].endswith("Miniconda installed: 3 hosts, 41s (gpu1)")
+    for host in HOSTS:
+        live.started(host, "conda", "training environment")
+    live.sent("gpu1", 300, 900)                                 # a small file: not worth a word
+    assert frame(live, console)[-1].endswith("training environment: 3 hosts, 0s (gpu1)")

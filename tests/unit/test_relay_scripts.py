@@ -7,6 +7,8 @@ import fcntl
 import hashlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,3 +158,31 @@ def test_two_controllers_never_share_a_copy():
                               check=True).stdout
     first, second = copy_path(), copy_path()
     assert first.startswith("/opt/.provision-relay/") and first != second
+
+
+def test_a_part_cleared_by_another_run_before_it_is_locked_is_opened_again(tmp_path, path):
+    """Another run's receiver may clear this part (nobody holds it yet) and take the directory
+    with its last copy, between this receiver's opening of the part and its lock: it must
+    open it again, not write into a removed file (CI saw a receiver fail that way)."""
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    real = shutil.which("flock")
+    once = tmp_path / "cleared"
+    # A `flock` that, the first time it is asked for fd 8, does what the other run would do.
+    (shims / "flock").write_text(
+        "#!/bin/sh\n"
+        f"if [ \"$1\" = 8 ] && [ ! -e {shlex.quote(str(once))} ]; then\n"
+        f"  touch {shlex.quote(str(once))}\n"
+        '  rm -f -- "$(readlink /proc/$PPID/fd/8)"\n'
+        f"  rmdir -- {shlex.quote(os.path.dirname(path))}\n"
+        "fi\n"
+        f'exec {real} "$@"\n')
+    (shims / "flock").chmod(0o755)
+    done = subprocess.run(["sh", "-c", direct_script(path, SHA256, len(DATA),
+                                                     ["sha256sum", path])],
+                          input=DATA, capture_output=True, check=False,
+                          env={**os.environ, "PATH": f"{shims}:{os.environ['PATH']}"})
+    assert once.exists(), "the other run never came in between"
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().startswith(SHA256)
+    assert not os.path.exists(os.path.dirname(path))
