@@ -73,6 +73,14 @@ class Role:
         """Template variables: role defaults overridden by the host's inventory vars."""
         return {**self.defaults, **host_vars}
 
+    def runs(self, task: Task, tags: frozenset[str]) -> bool:
+        """--tags selects `task`: one of its tags, or the role's name (no --tags: every task)."""
+        return not tags or bool(tags & {self.name, *task.tags})
+
+    def selected(self, tags: frozenset[str]) -> bool:
+        """--tags selects the role: its name, or a tag of one of its tasks."""
+        return not tags or self.name in tags or any(tags & set(t.tags) for t in self.tasks)
+
 
 def template_variables(inventory: Inventory, host: Host, role: Role | None) -> dict[str, Any]:
     """What a role's `when:` and templates see on `host`: its variables (the role's defaults

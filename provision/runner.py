@@ -37,10 +37,6 @@ class RunOptions:
     forks: int = 16
 
 
-def _selected(task: Task, role: Role, tags: frozenset[str]) -> bool:
-    return not tags or bool(tags & {role.name, *task.tags})
-
-
 @dataclass(frozen=True)
 class BoundTask:
     """A task as it runs on one host: its arguments rendered (None: its `when:` is false)."""
@@ -66,7 +62,7 @@ def bind_tasks(host: Host, inventory: Inventory, roles: list[Role],
         variables = template_variables(inventory, host, role)
         context = HostContext(host, role.path, variables)
         for task in role.tasks:
-            if not _selected(task, role, options.tags):
+            if not role.runs(task, options.tags):
                 continue
             unbound = BoundTask(role, task, None, context)
             try:
@@ -156,8 +152,7 @@ def run_cluster_checks(sessions: dict[str, HostSession], results: dict[str, Host
                        listener: Listener) -> None:
     """Each role's cross-host checks, over the hosts that finished that role without failing."""
     for role in roles:
-        if options.tags and role.name not in options.tags and not any(
-                options.tags & set(t.tags) for t in role.tasks):
+        if not role.selected(options.tags):
             continue
         healthy = {name: s for name, s in sessions.items()
                    if results[name].status not in (Status.FAILED, Status.UNREACHABLE)}

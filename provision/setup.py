@@ -45,8 +45,7 @@ def load_roles(roles_dir: Path = ROLES_DIR, names: Sequence[str] = ()) -> list[R
 
 def selected_roles(roles: Iterable[Role], tags: frozenset[str]) -> list[Role]:
     """The roles with a task that `--tags` selects (a tag of the task, or the role's name)."""
-    return [r for r in roles
-            if r.tasks and (not tags or any(tags & {r.name, *t.tags} for t in r.tasks))]
+    return [r for r in roles if r.tasks and r.selected(tags)]
 
 
 def missing_required(roles: Iterable[Role], hosts: Iterable[Host]) -> list[str]:

@@ -248,14 +248,15 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
         known = known_settings(directory)
     except ProvisionError as exc:
         fail(str(exc))
-    if not selected_roles(roles, run_options.tags):
+    selected = selected_roles(roles, run_options.tags)
+    if not selected:
         names = ", ".join(r.name for r in roles)
         fail(f"--tags {tags}: no task of the roles {names} has these tags, and no role has "
              "these names" if run_options.tags else f"the roles {names} have no tasks")
     inv, hosts = open_inventory(inventory, limit, known, ssh["extra_vars"])
     if not hosts:
         fail(f"no hosts in {inv.path}" + (f" match --limit {limit}" if limit else ""))
-    missing = missing_required(selected_roles(roles, run_options.tags), hosts)
+    missing = missing_required(selected, hosts)
     if missing:
         fail(f"{len(missing)} required argument(s) not set:\n  " + "\n  ".join(missing))
     options = connect_options(ssh, hosts)
@@ -274,7 +275,7 @@ def run_setup(inventory, limit, forks, tags, role_names, roles_dir, ssh, check: 
 
     lock = None if wait_for_lock is None else LockRequest.for_this_run(
         wait_for_lock, lambda host, message: emit(f"{host}: {message}", err=True))
-    shown = [r.name for r in selected_roles(roles, run_options.tags)]
+    shown = [r.name for r in selected]
     with stop_on_signals() as stop, output.watching(shown, [h.name for h in hosts]) as progress:
         results = run_on_hosts(hosts, options, forks, work, after_all, stop=stop, lock=lock,
                                listener=output, progress=progress)

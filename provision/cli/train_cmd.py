@@ -18,10 +18,10 @@ from provision.cli import (connect_options, emit, fail, open_inventory, ssh_opti
 from provision.cli.output import line_printer
 from provision.connection import HostConnection
 from provision.errors import HostUnreachable, ProvisionError
+from provision.operations.conda import env_path
 from provision.relay import Relay
 from provision.relay.firewall import firewall_peers
 from provision.relay.report import describe
-from provision.operations.conda import env_path
 from provision.roles import load_role
 from provision.session import HostSession
 from provision.train import build_train_config, node_command

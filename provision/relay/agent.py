@@ -238,7 +238,7 @@ def clear_stale(directory):
 def open_part(directory, partial):
     """The part, created, locked, and still the one at its name: a run clearing stale parts (or
     taking the directory with its last copy) just now may have beaten us to it; then again."""
-    for attempt in range(3):
+    for _ in range(3):
         os.makedirs(directory, exist_ok=True)
         try:
             out = open(partial, "ab")

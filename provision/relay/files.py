@@ -31,4 +31,5 @@ class SharedFile:
     @property
     def path(self) -> str:
         """Where the command that needs it finds it on every host."""
-        return posixpath.join(self.directory, COPIES_DIR, f"{self.sha256[:16]}-{CONTROLLER_TOKEN}-{self.name}")
+        return posixpath.join(self.directory, COPIES_DIR,
+                              f"{self.sha256[:16]}-{CONTROLLER_TOKEN}-{self.name}")

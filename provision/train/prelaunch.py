@@ -18,7 +18,6 @@ from provision.session import HostSession
 from provision.train.config import TrainConfig
 
 
-
 @dataclass(frozen=True)
 class RemoteClock(Fact):
     """The host's clock, in nanoseconds."""
@@ -47,6 +46,7 @@ class NodeReport:
     clock: ClockReading
     ifname: str | None = None
     lock_hash: str | None = None
+    has_python: bool = True
     versions: EnvVersions | None = None         # what --python runs (not setup's environment)
     problems: list[str] = field(default_factory=list)
 
@@ -73,7 +73,8 @@ def _inspect(session: HostSession, config: TrainConfig, script_in_place: bool,
     if report.ifname is None:
         report.problems.append(f"no route to the master {config.master.name} "
                                f"({config.master.address}): check the network or set master")
-    if not values[Executable(config.python)]:
+    report.has_python = values[Executable(config.python)]
+    if not report.has_python:
         report.problems.append(f"{config.python} does not exist: run `provision setup` "
                                "(conda role) or pass --python")
     lock = values[PathState(marker, True)]
@@ -143,14 +144,15 @@ def _probe_port(sessions: dict[str, HostSession], config: TrainConfig,
 
 def _compare_versions(sessions: dict[str, HostSession], config: TrainConfig,
                       reports: dict[str, NodeReport]) -> None:
-    """What each node's python runs (one more round trip: it imports torch), compared."""
+    """What each node's python runs (one more round trip: it imports torch), compared; a node
+    without the python already has its problem."""
     fact = PythonVersions(config.python)
-    with ThreadPoolExecutor(max_workers=len(sessions)) as pool:
-        found = dict(zip(sessions, pool.map(lambda s: s.gather([fact])[fact],
-                                            sessions.values())))
+    asked = [name for name in sessions if reports[name].has_python]
+    with ThreadPoolExecutor(max_workers=max(1, len(asked))) as pool:
+        found = dict(zip(asked, pool.map(lambda n: sessions[n].gather([fact])[fact], asked)))
     for name, versions in found.items():
         reports[name].versions = versions
-        if versions.error and not any(config.python in p for p in reports[name].problems):
+        if versions.error:
             reports[name].problems.append(f"{config.python}: {versions.error}")
     mismatch = differences({n: v for n, v in found.items() if not v.error})
     if mismatch:

@@ -178,9 +178,7 @@ def test_ini_and_yaml_are_told_apart_by_content_not_by_name(tree, name):
     ("[a:children]\nb\n[b:children]\na\n", 4, "group 'a' contains itself (a -> b -> a)"),
 ])
 def test_ini_problems_name_the_file_line_and_field(tree, text, line, message):
-    path = tree({"hosts": text}) / "hosts"
-    found = problems(path)
-    assert any(p.startswith(f"{path}:{line}: ") and message in p for p in found), found
+    assert_problem_at(tree, "hosts", text, line, message)
 
 
 def test_a_ini_child_group_named_before_its_section(tree):
@@ -217,7 +215,11 @@ def test_yaml_forms_ansible_accepts(tree, text, hosts, groups):
     ("web:\n  hosts:\n    w1:\n  children:\n    all:\n", 5, "group 'all' cannot be a child"),
 ])
 def test_yaml_problems_name_the_file_line_and_field(tree, text, line, message):
-    path = tree({"inv.yml": text}) / "inv.yml"
+    assert_problem_at(tree, "inv.yml", text, line, message)
+
+
+def assert_problem_at(tree, name: str, text: str, line: int, message: str) -> None:
+    path = tree({name: text}) / name
     found = problems(path)
     assert any(p.startswith(f"{path}:{line}: ") and message in p for p in found), found
 

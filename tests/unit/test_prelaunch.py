@@ -206,6 +206,14 @@ def test_with_python_and_no_lock_the_versions_are_compared_instead():
                                    "node2=2.12.0, node3=2.13.0"]
 
 
+def test_with_python_a_node_without_it_is_not_asked_what_it_runs():
+    session = FakeSession(HOSTS[0], lock=None, python_ok=False, versions=TORCH)
+    reports = check([session], hosts=HOSTS[:1], built_env=False)
+    assert reports["node1"].problems == [
+        f"{PYTHON} does not exist: run `provision setup` (conda role) or pass --python"]
+    assert not any(isinstance(f, PythonVersions) for f in session.asked)
+
+
 def test_with_python_and_a_lock_on_every_node_the_locks_are_compared():
     locks = {"node1": "a" * 64, "node2": "b" * 64}
     sessions = [FakeSession(h, lock=locks[h.name]) for h in HOSTS[:2]]
